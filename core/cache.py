@@ -1,0 +1,144 @@
+"""Content-hash run store: runs/<stage>/<key>/ is finished only when its _SUCCESS marker exists.
+
+Work happens in runs/.work/<stage>/<key>/ (outside the DVC output, same filesystem) and is renamed into place in one
+`os.rename`, so a killed job never leaves a half-run that looks finished, and a resumable job finds its partial state
+where it left it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+SUCCESS = "_SUCCESS"
+SPEC_FILE = "spec.json"
+PROVENANCE_FILE = "provenance.json"
+KEY_LENGTH = 16
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON (sorted keys, no whitespace), shortened to KEY_LENGTH hex digits."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def run_key(stage: str, version: int, spec: dict[str, Any], inputs: dict[str, str]) -> str:
+    """A run's key: its stage, the stage's semantic version, the output-relevant spec and its inputs' keys."""
+    return stable_hash({"stage": stage, "version": version, "spec": spec, "inputs": inputs})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(project_root: Path, device: str, wall_time_s: float, extra: dict | None = None) -> dict[str, Any]:
+    """Code commit and dirty flag, package versions, host, device and wall time of one run."""
+    commit = _git(["rev-parse", "HEAD"], project_root)
+    dirty = _git(["status", "--porcelain", "--untracked-files=no"], project_root)
+    packages = {}
+    for name in ("specscale", "torch", "numpy", "scipy", "zarr", "xarray", "tokenizers", "submitit", "dvc"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    info = {
+        "git_commit": commit,
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "packages": packages,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "device": device,
+        "wall_time_s": round(wall_time_s, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }
+    info.update(extra or {})
+    return info
+
+
+class RunStore:
+    """Finished runs under runs/<stage>/<key>/, work in progress under runs/.work/<stage>/<key>/."""
+
+    def __init__(self, project_root: Path | str) -> None:
+        self.project_root = Path(project_root).resolve()
+        self.root = self.project_root / "runs"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def final_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def work_dir(self, stage: str, key: str) -> Path:
+        return self.root / ".work" / stage / key
+
+    def is_done(self, stage: str, key: str) -> bool:
+        return (self.final_dir(stage, key) / SUCCESS).exists()
+
+    def finished_keys(self, stage: str) -> set[str]:
+        stage_dir = self.stage_dir(stage)
+        if not stage_dir.is_dir():
+            return set()
+        return {p.name for p in stage_dir.iterdir() if (p / SUCCESS).exists()}
+
+    def begin(self, stage: str, key: str, spec: dict[str, Any]) -> Path:
+        """Create (or reuse, for resume) the work dir and write the spec the job will read."""
+        work = self.work_dir(stage, key)
+        work.mkdir(parents=True, exist_ok=True)
+        spec_path = work / SPEC_FILE
+        if spec_path.exists() and read_json(spec_path) != json.loads(json.dumps(spec, default=str)):
+            # A stale work dir with another spec under the same key cannot happen unless the code changed the
+            # hashing; start clean rather than resume from foreign state.
+            shutil.rmtree(work)
+            work.mkdir(parents=True)
+        write_json(spec_path, spec)
+        return work
+
+    def commit(self, stage: str, key: str, device: str, wall_time_s: float, extra: dict | None = None,
+               drop: Iterable[str] = ()) -> Path:
+        """Write provenance and _SUCCESS into the work dir, then rename it into place (atomic on one filesystem)."""
+        work, final = self.work_dir(stage, key), self.final_dir(stage, key)
+        for name in drop:  # resume state and other scratch that must not be published
+            target = work / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        write_json(work / PROVENANCE_FILE, provenance(self.project_root, device, wall_time_s, extra))
+        (work / SUCCESS).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # an unfinished leftover (no _SUCCESS): never read, safe to replace
+            if (final / SUCCESS).exists():
+                shutil.rmtree(work)
+                return final
+            shutil.rmtree(final)
+        os.rename(work, final)
+        return final
+
+    def load_spec(self, stage: str, key: str) -> dict[str, Any]:
+        return read_json(self.final_dir(stage, key) / SPEC_FILE)

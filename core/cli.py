@@ -1,0 +1,127 @@
+"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate and fit-points."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from specscale.spec import SpecError
+
+SINGLE_STAGES = ("tokenize", "buckets")
+FAN_OUT = ("train", "activations", "spectra")
+AGGREGATE = ("fit", "compare", "report")
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from specscale.stages.common import load_plan, run_fan_out, run_in_process
+
+    plan, store = load_plan(args.params)
+    if plan.study.train.threads:
+        os.environ["SPECSCALE_THREADS"] = str(plan.study.train.threads)
+    name = args.name
+    if name in SINGLE_STAGES:
+        return run_in_process(name, plan, store).exit_code
+    if name in FAN_OUT:
+        import importlib
+
+        module = importlib.import_module(f"specscale.stages.{name}")
+        prepare = getattr(module, "prepare", None)  # optional: restrict to runs whose inputs can be measured
+        only = prepare(plan, store) if prepare else None
+        return run_fan_out(name, plan, store, only).exit_code
+    import importlib
+
+    return importlib.import_module(f"specscale.stages.{name}").main(plan, store)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from specscale.planning import print_plan
+    from specscale.stages.common import load_plan
+
+    plan, store = load_plan(args.params)
+    print_plan(plan, store, gpu_tflops=args.gpu_tflops, mfu=args.mfu)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from specscale.planning import print_status
+    from specscale.stages.common import load_plan
+
+    plan, store = load_plan(args.params)
+    print_status(plan, store)
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from specscale.stages.common import load_plan
+
+    plan, store = load_plan(args.params)
+    doomed: list[Path] = []
+    for stage in ("tokenize", "buckets", *FAN_OUT):
+        wanted = plan.keys(stage)
+        for base in (store.stage_dir(stage), store.root / ".work" / stage):
+            if base.is_dir():
+                doomed += [p for p in sorted(base.iterdir()) if p.is_dir() and p.name not in wanted]
+    if not doomed:
+        print("nothing to remove: every run belongs to the current sweep")
+        return 0
+    for path in doomed:
+        print(f"{'removing' if args.yes else 'would remove'} {path.relative_to(store.project_root)}")
+    if args.yes:
+        for path in doomed:
+            shutil.rmtree(path)
+    else:
+        print(f"{len(doomed)} runs not in the sweep; rerun with --yes to delete them")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from specscale.stages.common import load_plan
+
+    plan, _ = load_plan(args.params)
+    print(f"ok: preset {plan.study.preset}, {len(plan.train)} training runs")
+    return 0
+
+
+def _fit_points(args: argparse.Namespace) -> int:
+    from specscale.fit import fit_points_cli
+
+    return fit_points_cli(args.file, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specscale", description=__doc__)
+    parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
+    p.add_argument("name", choices=SINGLE_STAGES + FAN_OUT + AGGREGATE)
+    p.set_defaults(func=_stage)
+    p = sub.add_parser("plan", help="list every run with FLOPs, GPU-hours and bytes to store")
+    p.add_argument("--gpu-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100: 989)")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
+    p.set_defaults(func=_plan)
+    sub.add_parser("status", help="state of every run: cached, queued, running, failed").set_defaults(func=_status)
+    p = sub.add_parser("gc", help="remove runs no longer in the sweep (dry run unless --yes)")
+    p.add_argument("--yes", action="store_true")
+    p.set_defaults(func=_gc)
+    sub.add_parser("validate", help="check params.yaml and the preset").set_defaults(func=_validate)
+    p = sub.add_parser("fit-points", help="fit rank ∝ D^β on rank points from any source (CSV)")
+    p.add_argument("file")
+    p.add_argument("--out", default=None, help="write the fitted table as CSV")
+    p.set_defaults(func=_fit_points)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as err:
+        print(f"specscale: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""Run a fan-out stage's missing runs through submitit: `debug` (in-process), `local` (subprocesses), `slurm`.
+
+Only runs without a finished directory are submitted. Job ids are recorded in runs/.jobs/<stage>.json so that a
+restarted `dvc repro` re-attaches to jobs still in flight instead of submitting them again. A failed run never stops
+the others: failures are gathered and listed with their log paths at the end, and every finished run is kept.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+from specscale.cache import RunStore, read_json, write_json
+
+LOCAL_CONTROLLER_MARK = b"submitit.local._local"
+
+
+@dataclass
+class Task:
+    key: str
+    label: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class LaunchReport:
+    stage: str
+    total: int
+    cached: list[str] = field(default_factory=list)
+    computed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, label, log path)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def run_task(stage: str, key: str, project_root: str) -> str:
+    """Job entry point (pickled by submitit): run one stage run from its work dir and commit it atomically."""
+    store = RunStore(project_root)
+    module = importlib.import_module(f"specscale.stages.{stage}")
+    work = store.work_dir(stage, key)
+    spec = read_json(work / "spec.json")
+    started = time.time()
+    result = module.run_one(spec, work, store) or {}
+    device = result.pop("device", "cpu")
+    drop = result.pop("drop", ())
+    store.commit(stage, key, device=device, wall_time_s=time.time() - started, extra=result, drop=drop)
+    return key
+
+
+def _pid_alive_controller(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return LOCAL_CONTROLLER_MARK in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+class _Attached:
+    """A job submitted by an earlier launcher process: watched until it ends, never resubmitted."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.job_id = str(record["job_id"])
+        folder = Path(record["folder"])
+        self.stdout = folder / f"{self.job_id}_0_log.out"
+        self.stderr = folder / f"{self.job_id}_0_log.err"
+        self._slurm = submitit.SlurmJob(folder, self.job_id) if record["cluster"] == "slurm" else None
+
+    def alive(self) -> bool:
+        if self._slurm is not None:
+            return self._slurm.state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED")
+        return _pid_alive_controller(int(self.job_id))
+
+    def done(self) -> bool:
+        return not self.alive()
+
+
+@dataclass
+class _Handle:
+    task: Task
+    job: Any  # submitit.Job | _Attached
+    started: float
+    log_offset: int = 0
+
+    def log_paths(self) -> tuple[Path | None, Path | None]:
+        if isinstance(self.job, _Attached):
+            return self.job.stdout, self.job.stderr
+        paths = getattr(self.job, "paths", None)
+        return (paths.stdout, paths.stderr) if paths else (None, None)
+
+
+class StageLock:
+    """One launcher per stage at a time; a restarted launcher waits for a live predecessor instead of racing it."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> "StageLock":
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"another launcher holds {self.path}; waiting for it to finish", flush=True)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def make_executor(launcher: Any, folder: Path, stage: str) -> submitit.Executor:
+    """Always name the cluster: AutoExecutor would pick SLURM whenever `srun` is on PATH (pitfalls.md)."""
+    executor = submitit.AutoExecutor(folder=folder, cluster=launcher.cluster)
+    params: dict[str, Any] = {"timeout_min": int(launcher.timeout_min), "name": f"specscale-{stage}"}
+    if launcher.cluster == "slurm":
+        params.update(
+            slurm_partition=launcher.partition,
+            slurm_array_parallelism=int(launcher.array_parallelism),
+            gpus_per_node=int(launcher.gpus_per_node),
+            nodes=int(launcher.nodes),
+            tasks_per_node=1,
+            cpus_per_task=int(launcher.cpus_per_task),
+            mem_gb=int(launcher.mem_gb),
+            slurm_setup=list(launcher.setup),
+            slurm_additional_parameters=dict(launcher.sbatch_extra),
+        )
+        if launcher.account:
+            params["slurm_account"] = launcher.account
+        if launcher.qos:
+            params["slurm_qos"] = launcher.qos
+        params = {k: v for k, v in params.items() if v is not None}
+    elif launcher.cluster == "local" and launcher.gpus_per_node:
+        params["gpus_per_node"] = int(launcher.gpus_per_node)  # the local executor hides GPUs unless told
+    executor.update_parameters(**params)
+    return executor
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Launcher:
+    def __init__(self, stage: str, store: RunStore, launcher: Any, echo: Callable[[str], None] | None = None) -> None:
+        self.stage = stage
+        self.store = store
+        self.cfg = launcher
+        self.echo = echo or (lambda msg: print(msg, flush=True))
+        self.jobs_path = store.root / ".jobs" / f"{stage}.json"
+        self.folder = store.root / ".submitit" / stage
+
+    # -- job records --------------------------------------------------------------------------------------------
+    def _records(self) -> dict[str, dict[str, Any]]:
+        return read_json(self.jobs_path) if self.jobs_path.exists() else {}
+
+    def _record(self, key: str, job: Any) -> None:
+        records = self._records()
+        records[key] = {"cluster": self.cfg.cluster, "job_id": str(job.job_id), "folder": str(self.folder),
+                        "submitted_at": time.time()}
+        write_json(self.jobs_path, records)
+
+    def _forget(self, keys: list[str]) -> None:
+        records = self._records()
+        for key in keys:
+            records.pop(key, None)
+        write_json(self.jobs_path, records)
+
+    # -- main ---------------------------------------------------------------------------------------------------
+    def run(self, tasks: list[Task]) -> LaunchReport:
+        report = LaunchReport(self.stage, total=len(tasks))
+        self.jobs_path.parent.mkdir(parents=True, exist_ok=True)
+        with StageLock(self.jobs_path.with_suffix(".lock")):
+            missing = []
+            for task in tasks:
+                (report.cached if self.store.is_done(self.stage, task.key) else missing).append(task)
+            cached_keys = [t.key for t in report.cached]
+            self.echo(f"[{self.stage}] {len(tasks)} runs: {len(report.cached)} cached, {len(missing)} to compute")
+            if missing:
+                for task in missing:
+                    self.store.begin(self.stage, task.key, task.spec)
+                self._execute(missing, report)
+            self._forget(cached_keys + report.computed)
+        self._summarise(report)
+        return report
+
+    def _execute(self, missing: list[Task], report: LaunchReport) -> None:
+        records = self._records()
+        handles: list[_Handle] = []
+        queue: list[Task] = []
+        for task in missing:
+            record = records.get(task.key)
+            attached = _Attached(record) if record and record.get("cluster") == self.cfg.cluster else None
+            if attached is not None and attached.alive():
+                self.echo(f"[{self.stage}] re-attached to job {attached.job_id} ({task.label})")
+                handles.append(_Handle(task, attached, time.time()))
+            else:
+                queue.append(task)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.cfg.cluster == "debug":
+            self._run_debug(queue, report)
+            queue = []
+        elif self.cfg.cluster == "slurm" and queue:
+            handles += self._submit_array(queue)
+            queue = []
+        self._monitor(handles, queue, report)
+
+    def _run_debug(self, queue: list[Task], report: LaunchReport) -> None:
+        executor = make_executor(self.cfg, self.folder, self.stage)
+        for i, task in enumerate(queue, 1):
+            self.echo(f"[{self.stage}] ▶ {task.label} ({i}/{len(queue)}, in-process)")
+            started = time.time()
+            job = executor.submit(run_task, self.stage, task.key, str(self.store.project_root))
+            try:
+                job.result()
+            except Exception:  # a failed run must not stop the others
+                log = self.store.work_dir(self.stage, task.key) / "error.log"
+                log.write_text(traceback.format_exc())
+                self._finish(task, report, started, log)
+                continue
+            self._finish(task, report, started, None)
+
+    def _submit_array(self, queue: list[Task]) -> list[_Handle]:
+        executor = make_executor(self.cfg, self.folder, self.stage)
+        root = str(self.store.project_root)
+        jobs = executor.map_array(run_task, [self.stage] * len(queue), [t.key for t in queue], [root] * len(queue))
+        now = time.time()
+        for task, job in zip(queue, jobs):
+            self._record(task.key, job)
+        self.echo(f"[{self.stage}] submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks")
+        return [_Handle(t, j, now) for t, j in zip(queue, jobs)]
+
+    def _submit_local(self, task: Task) -> _Handle:
+        executor = make_executor(self.cfg, self.folder, self.stage)
+        job = executor.submit(run_task, self.stage, task.key, str(self.store.project_root))
+        self._record(task.key, job)
+        self.echo(f"[{self.stage}] ▶ {task.label} (job {job.job_id})")
+        return _Handle(task, job, time.time())
+
+    def _monitor(self, handles: list[_Handle], queue: list[Task], report: LaunchReport) -> None:
+        total = len(handles) + len(queue)
+        durations: list[float] = []
+        last_status = 0.0
+        while handles or queue:
+            while queue and len(handles) < int(self.cfg.max_parallel):
+                handles.append(self._submit_local(queue.pop(0)))
+            for handle in list(handles):
+                self._stream_log(handle)
+                if handle.job.done():
+                    handles.remove(handle)
+                    self._stream_log(handle)
+                    durations.append(time.time() - handle.started)
+                    self._finish(handle.task, report, handle.started, handle.log_paths()[1])
+            now = time.time()
+            if handles and now - last_status > 60:
+                finished = len(report.computed) + len(report.failed)
+                eta = ""
+                if durations:
+                    per_run = sum(durations) / len(durations)
+                    waves = (total - finished) / max(1, min(int(self.cfg.max_parallel), total - finished))
+                    eta = f", ETA {_fmt_duration(per_run * waves)}"
+                self.echo(f"[{self.stage}] {finished}/{total} done, {len(handles)} running, {len(queue)} queued, "
+                          f"{len(report.failed)} failed{eta}")
+                last_status = now
+            if handles or queue:
+                time.sleep(float(self.cfg.poll_seconds))
+
+    def _stream_log(self, handle: _Handle) -> None:
+        """Relay new lines of a local job's stdout (its progress lines), prefixed with the run's label."""
+        if self.cfg.cluster != "local":
+            return
+        stdout = handle.log_paths()[0]
+        if stdout is None or not Path(stdout).exists():
+            return
+        with open(stdout, "rb") as fh:
+            fh.seek(handle.log_offset)
+            chunk = fh.read()
+        cut = chunk.rfind(b"\n") + 1
+        handle.log_offset += cut
+        for line in chunk[:cut].decode(errors="replace").splitlines():
+            if line.strip() and not line.startswith("submitit "):
+                self.echo(f"    {handle.task.label}: {line}")
+
+    def _finish(self, task: Task, report: LaunchReport, started: float, log: Path | None) -> None:
+        n = len(report.computed) + len(report.failed) + 1
+        if self.store.is_done(self.stage, task.key):
+            report.computed.append(task.key)
+            self.echo(f"[{self.stage}] ✓ {task.label} ({_fmt_duration(time.time() - started)}) [{n} of this launch]")
+        else:
+            report.failed.append((task.key, task.label, str(log) if log else "?"))
+            self.echo(f"[{self.stage}] ✗ {task.label} failed; log: {log}")
+
+    def _summarise(self, report: LaunchReport) -> None:
+        self.echo(f"[{self.stage}] summary: {len(report.computed)} computed, {len(report.cached)} cached, "
+                  f"{len(report.failed)} failed")
+        if report.failed:
+            print(f"[{self.stage}] FAILED runs (finished runs are kept; rerun to retry only these):", file=sys.stderr)
+            for key, label, log in report.failed:
+                print(f"  {label}  key={key}  log={log}", file=sys.stderr)

@@ -1,0 +1,213 @@
+"""From an optimizer name and hyperparameters to one optimizer object over a model, routed by parameter role.
+
+Roles (from the parameter names, never from shapes — the embedding and the head are 2-D too):
+  "matrix": 2-D block matrices (q, k, v, o, c_fc, c_proj)  → AdamW, or Muon / NorMuon / Dion
+  "embed":  embed.*                                          → AdamW, or Lion
+  "head":   head.*                                           → AdamW, or Lion (lr scaled by 1/√d_model)
+  "other":  anything else (1-D gains, ...)                   → AdamW, or Lion
+
+Names: "adamw", "muon", "normuon", "dion_<a>_<b>" (rank fraction f = a/b in (0, 1], e.g. dion_1_16).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .combined import CombinedOptimizer
+from .dion import Dion
+from .lion import Lion
+from .muon import Muon
+from .normuon import NorMuon
+
+ROLES: tuple[str, ...] = ("matrix", "embed", "head", "other")
+VALID_NAME_FORMS = "'adamw', 'muon', 'normuon', or 'dion_<a>_<b>' with integers 1 <= a <= b (rank fraction a/b, e.g. 'dion_1_2', 'dion_1_16')"
+_DION_NAME = re.compile(r"dion_([1-9][0-9]*)_([1-9][0-9]*)")
+
+# science.md §4, every hyperparameter explicit (they go into the run spec and its hash).
+_ADAMW_DEFAULTS: dict[str, Any] = {
+    "lr": 3e-3,
+    "betas": [0.9, 0.95],
+    "eps": 1e-8,
+    "weight_decay": 0.01,
+    "embed_lr": 3e-3,
+    "embed_weight_decay": 0.0,
+    "head_lr": 3e-3,  # not scaled by d_model under AdamW
+    "head_weight_decay": 0.0,
+    "other_lr": 3e-3,
+    "other_weight_decay": 0.0,
+}
+# The scalar (Lion) side shared by Muon, NorMuon and Dion. head_lr None means embed_lr / √d_model, computed at build.
+_LION_DEFAULTS: dict[str, Any] = {
+    "lion_betas": [0.95, 0.98],
+    "lion_weight_decay": 0.0,
+    "embed_lr": 0.02,
+    "head_lr": None,
+    "other_lr": 0.02,
+}
+_MUON_DEFAULTS: dict[str, Any] = {
+    "lr": 0.02,
+    "momentum": 0.95,
+    "nesterov": True,
+    "weight_decay": 0.01,
+    "scale_rule": "spectral",
+    "ns_steps": 5,
+    "ns_coeffs": "paper",
+    "ns_dtype": "float32",
+    "ns_eps": 1e-8,
+    **_LION_DEFAULTS,
+}
+_NORMUON_DEFAULTS: dict[str, Any] = {**_MUON_DEFAULTS, "beta2": 0.95, "eps": 1e-8}
+# Dion has no Newton–Schulz and no Nesterov step, so those keys are absent (a key that changes nothing must not
+# change the run's hash either). q_seed seeds each parameter's starting Q.
+_DION_DEFAULTS: dict[str, Any] = {
+    "lr": 0.02,
+    "momentum": 0.95,
+    "weight_decay": 0.01,
+    "scale_rule": "spectral",
+    "rank_fraction": 1.0,  # replaced by the fraction in the name
+    "eps": 1e-8,
+    "q_seed": 0,
+    **_LION_DEFAULTS,
+}
+
+
+def parse_optimizer_name(name: str) -> tuple[str, float | None]:
+    """("adamw" | "muon" | "normuon", None) or ("dion", a/b) for "dion_<a>_<b>"."""
+    if name in ("adamw", "muon", "normuon"):
+        return name, None
+    match = _DION_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match:
+        a, b = int(match.group(1)), int(match.group(2))
+        if a <= b:
+            return "dion", a / b
+    raise ValueError(f"unknown optimizer name {name!r}; valid forms: {VALID_NAME_FORMS}")
+
+
+def default_hparams(name: str) -> dict[str, Any]:
+    """A fresh, JSON-serialisable dict of every hyperparameter of the named optimizer (science.md §4)."""
+    base, fraction = parse_optimizer_name(name)
+    table = {"adamw": _ADAMW_DEFAULTS, "muon": _MUON_DEFAULTS, "normuon": _NORMUON_DEFAULTS, "dion": _DION_DEFAULTS}
+    hp = {k: (list(v) if isinstance(v, list) else v) for k, v in table[base].items()}
+    if fraction is not None:
+        hp["rank_fraction"] = fraction
+    return hp
+
+
+def resolve_hparams(name: str, hparams: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults overridden by `hparams`; unknown keys fail, naming the key, the closest valid one and all valid."""
+    resolved = default_hparams(name)
+    for key in hparams or {}:
+        if key not in resolved:
+            close = difflib.get_close_matches(key, list(resolved), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown hyperparameter {key!r} for optimizer {name!r}{hint}; valid: {sorted(resolved)}"
+            )
+    resolved.update(hparams or {})
+    base, fraction = parse_optimizer_name(name)
+    if base == "dion" and resolved["rank_fraction"] != fraction:
+        raise ValueError(
+            f"rank_fraction={resolved['rank_fraction']!r} contradicts optimizer name {name!r} (fraction {fraction}); "
+            f"choose the fraction through the name"
+        )
+    return resolved
+
+
+def roles_from_names(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The naming rule: embed.* → embed, head.* → head, 2-D under blocks.* → matrix, everything else → other.
+    Parameters that do not require grad are left out."""
+    roles: dict[str, list[tuple[str, nn.Parameter]]] = {r: [] for r in ROLES}
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        if name.startswith("embed."):
+            roles["embed"].append((name, p))
+        elif name.startswith("head."):
+            roles["head"].append((name, p))
+        elif name.startswith("blocks.") and p.ndim == 2:
+            roles["matrix"].append((name, p))
+        else:
+            roles["other"].append((name, p))
+    return roles
+
+
+def _check_roles(params_by_role: dict[str, list[tuple[str, nn.Parameter]]]) -> None:
+    unknown = set(params_by_role) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown parameter roles {sorted(unknown)}; valid: {list(ROLES)}")
+    seen: dict[int, str] = {}
+    for role, named in params_by_role.items():
+        for pname, p in named:
+            if id(p) in seen:
+                raise ValueError(f"parameter {pname!r} is listed twice (also as {seen[id(p)]!r})")
+            seen[id(p)] = pname
+
+
+def _group(params_by_role: dict[str, list[tuple[str, nn.Parameter]]], role: str, **hp: Any) -> list[dict[str, Any]]:
+    """One param group for `role` (none if the role is empty); named params so state_dict carries param_names."""
+    named = list(params_by_role.get(role, []))
+    return [{"params": named, "role": role, **hp}] if named else []
+
+
+def build_optimizer(
+    params_by_role: dict[str, list[tuple[str, nn.Parameter]]],
+    name: str,
+    hparams: dict[str, Any] | None,
+    d_model: int,
+) -> CombinedOptimizer:
+    """One CombinedOptimizer: the matrix optimizer over role "matrix", the scalar optimizer over the rest."""
+    _check_roles(params_by_role)
+    base, _ = parse_optimizer_name(name)
+    hp = resolve_hparams(name, hparams)
+    inner: dict[str, torch.optim.Optimizer] = {}
+
+    if base == "adamw":
+        groups = (
+            _group(params_by_role, "matrix", lr=hp["lr"], weight_decay=hp["weight_decay"])
+            + _group(params_by_role, "embed", lr=hp["embed_lr"], weight_decay=hp["embed_weight_decay"])
+            + _group(params_by_role, "head", lr=hp["head_lr"], weight_decay=hp["head_weight_decay"])
+            + _group(params_by_role, "other", lr=hp["other_lr"], weight_decay=hp["other_weight_decay"])
+        )
+        if any(g["lr"] is None for g in groups):
+            raise ValueError("AdamW needs numeric lr, embed_lr, head_lr and other_lr (None is only for Lion's head)")
+        if groups:
+            inner["adamw"] = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"])
+        return CombinedOptimizer(inner)
+
+    matrix_groups = _group(params_by_role, "matrix")
+    if matrix_groups:
+        common = dict(lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"], scale_rule=hp["scale_rule"])
+        if base == "dion":
+            inner[name] = Dion(
+                matrix_groups, rank_fraction=hp["rank_fraction"], eps=hp["eps"], seed=hp["q_seed"], **common
+            )
+        else:
+            ns = dict(
+                nesterov=hp["nesterov"],
+                ns_steps=hp["ns_steps"],
+                ns_coeffs=hp["ns_coeffs"],
+                ns_dtype=hp["ns_dtype"],
+                ns_eps=hp["ns_eps"],
+            )
+            if base == "muon":
+                inner[name] = Muon(matrix_groups, **common, **ns)
+            else:
+                inner[name] = NorMuon(matrix_groups, beta2=hp["beta2"], eps=hp["eps"], **common, **ns)
+
+    head_lr = hp["head_lr"] if hp["head_lr"] is not None else hp["embed_lr"] / math.sqrt(d_model)
+    lion_wd = hp["lion_weight_decay"]
+    scalar_groups = (
+        _group(params_by_role, "embed", lr=hp["embed_lr"], weight_decay=lion_wd)
+        + _group(params_by_role, "head", lr=head_lr, weight_decay=lion_wd)
+        + _group(params_by_role, "other", lr=hp["other_lr"], weight_decay=lion_wd)
+    )
+    if scalar_groups:
+        inner["lion"] = Lion(scalar_groups, lr=hp["embed_lr"], betas=tuple(hp["lion_betas"]), weight_decay=lion_wd)
+    return CombinedOptimizer(inner)

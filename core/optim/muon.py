@@ -1,0 +1,79 @@
+"""Muon as the paper ran it: classical momentum, Nesterov look-ahead, quintic Newton–Schulz, shape-scaled lr.
+
+Per 2-D weight W (m×n = fan_out×fan_in) with gradient G:
+
+    M ← μ·M + G                      # momentum buffer, state["momentum_buffer"], shape (m, n)
+    U ← μ·M + G   (Nesterov)         # or U ← M without Nesterov
+    O ← NS(U)                        # newton_schulz.orthogonalize
+    W ← (1 − lr·wd)·W − lr·scale(m, n)·O
+
+Classical momentum (M ← μM + G) differs from the EMA form (M ← μM + (1 − μ)G) only by the factor (1 − μ), which
+the Frobenius normalisation inside NS removes, so both give the same O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .matrix_base import MatrixOptimizer
+from .newton_schulz import Coeffs, coefficient_schedule, orthogonalize, resolve_dtype
+
+
+class Muon(MatrixOptimizer):
+    """Muon for 2-D block matrices. `ns_dtype` is a torch dtype or its name; it is kept as a name in the param
+    groups so that `state_dict()` stays plain data."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.01,
+        scale_rule: str = "spectral",
+        ns_steps: int = 5,
+        ns_coeffs: str | Sequence[Coeffs] = "paper",
+        ns_dtype: torch.dtype | str = "float32",
+        ns_eps: float = 1e-8,
+        **extra_defaults: Any,
+    ) -> None:
+        coefficient_schedule(ns_coeffs, ns_steps)  # validates steps and coefficients now, not at the first step
+        dtype_name = str(resolve_dtype(ns_dtype)).removeprefix("torch.")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=bool(nesterov),
+            weight_decay=weight_decay,
+            scale_rule=scale_rule,
+            ns_steps=int(ns_steps),
+            ns_coeffs=ns_coeffs,
+            ns_dtype=dtype_name,
+            ns_eps=ns_eps,
+            **extra_defaults,
+        )
+        super().__init__(params, defaults)
+
+    def _direction(self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        mu = group["momentum"]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        buf = state["momentum_buffer"]
+        buf.mul_(mu).add_(grad)  # M ← μ·M + G
+        # Nesterov before NS (orthogonalising M and then adding G would be a different algorithm).
+        U = grad.add(buf, alpha=mu) if group["nesterov"] else buf
+        O = orthogonalize(
+            U,
+            steps=group["ns_steps"],
+            coeffs=group["ns_coeffs"],
+            eps=group["ns_eps"],
+            dtype=group["ns_dtype"],
+        )
+        return self._postprocess(O, state, group)
+
+    def _postprocess(self, O: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        """Hook for variants that reshape the orthogonalised direction (NorMuon). Muon uses O as is."""
+        return O

@@ -1,0 +1,81 @@
+"""Every run of every stage, with its key, derived from the resolved study spec in one place.
+
+Stages, `specscale plan`, `status` and `gc` all read this, so they can never disagree about what a run's key is.
+A stage's VERSION is bumped when its code changes what it writes; that changes its keys and every key downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from specscale.cache import run_key
+from specscale.spec import to_container
+from specscale.sweep import RunPoint, expand_sweep
+
+STAGE_VERSIONS = {"tokenize": 1, "buckets": 1, "train": 1, "activations": 1, "spectra": 1}
+FAN_OUT_STAGES = ("train", "activations", "spectra")
+
+
+@dataclass
+class PlannedRun:
+    stage: str
+    key: str
+    spec: dict[str, Any]
+    label: str
+    point: RunPoint | None = None  # the training run this run descends from
+    inputs: dict[str, str] = field(default_factory=dict)  # input stage → key
+
+
+@dataclass
+class StudyPlan:
+    study: DictConfig
+    tokenize: PlannedRun
+    buckets: PlannedRun
+    train: list[PlannedRun]
+    activations: list[PlannedRun]
+    spectra: list[PlannedRun]
+
+    def stage_runs(self, stage: str) -> list[PlannedRun]:
+        value = getattr(self, stage)
+        return value if isinstance(value, list) else [value]
+
+    def keys(self, stage: str) -> set[str]:
+        return {run.key for run in self.stage_runs(stage)}
+
+
+def _planned(stage: str, spec: dict, inputs: dict[str, str], label: str, point: RunPoint | None = None) -> PlannedRun:
+    key = run_key(stage, STAGE_VERSIONS[stage], spec, inputs)
+    return PlannedRun(stage, key, {**spec, "inputs": inputs, "stage": stage}, label, point, inputs)
+
+
+def probe_spec(study: DictConfig) -> dict[str, Any]:
+    """Probe fields that change the activations (not what is kept afterwards)."""
+    probe = to_container(study.probe)
+    return {k: probe[k] for k in ("sites", "dtype", "chunk_tokens")}
+
+
+def make_plan(study: DictConfig, where: Path | str = "params.yaml") -> StudyPlan:
+    data = to_container(study.data)
+    tokenize = _planned("tokenize", {"data": data}, {}, f"tokenize {data['source']}")
+    probe = to_container(study.probe)
+    bucket_spec = {
+        "seq_len": int(study.train.seq_len),
+        "tokens_per_bucket": probe["tokens_per_bucket"],
+        "pooled_tokens": probe["pooled_tokens"],
+        "min_bucket_tokens": probe["min_bucket_tokens"],
+        "edges": [1 / 3, 2 / 3],
+    }
+    buckets = _planned("buckets", bucket_spec, {"tokenize": tokenize.key}, "buckets")
+    train, activations, spectra = [], [], []
+    for point in expand_sweep(study, where):
+        t = _planned("train", point.spec, {"tokenize": tokenize.key}, point.label, point)
+        train.append(t)
+        a = _planned("activations", {"probe": probe_spec(study)}, {"train": t.key, "buckets": buckets.key},
+                     point.label, point)
+        activations.append(a)
+        spectra.append(_planned("spectra", {}, {"activations": a.key}, point.label, point))
+    return StudyPlan(study, tokenize, buckets, train, activations, spectra)

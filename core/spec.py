@@ -1,0 +1,291 @@
+"""Typed study spec: a preset from specs/, overridden by params.yaml, validated before anything runs.
+
+The resolved spec is the single source of truth: every run's spec is derived from it (sweep.py) and hashed into the
+run's key (cache.py). Sections whose fields never change a result (launcher) are kept apart so that editing them
+invalidates nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class SpecError(ValueError):
+    """A bad spec: the message names the file, the key and the fix."""
+
+
+@dataclass
+class DataSpec:
+    source: str = "stdlib"  # stdlib | files | bin | hf
+    paths: List[str] = field(default_factory=list)  # files: text globs; bin: train shard globs
+    val_paths: List[str] = field(default_factory=list)  # bin: validation shard globs
+    max_bytes: Optional[int] = 20_000_000  # cap on corpus text (stdlib, files, hf)
+    vocab_size: int = 4096  # BPE types to train (ignored for bin: GPT-2's 50257)
+    val_every: int = 10  # every val_every-th document goes to validation (interleaved split)
+    hf_dataset: Optional[str] = None
+    hf_split: str = "train"
+    hf_text_field: str = "text"
+
+
+@dataclass
+class ModelSpec:
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_mult: int = 4  # D = ffn_mult · d_model; the sweep sets it
+    pos_encoding: str = "rope"  # rope | nope
+    rope_base: float = 10000.0
+    postln_fraction: float = 0.0  # first ⌊L·f⌋ blocks PostLN
+    vocab_multiple: int = 64  # embedding rows padded to a multiple of this (GPT-2: 50257 → 50304)
+
+
+@dataclass
+class TrainSpec:
+    steps: int = 600
+    batch_size: int = 16  # sequences per optimizer step (global)
+    micro_batch_size: int = 0  # 0 = batch_size (no accumulation)
+    seq_len: int = 128
+    decay_fraction: float = 0.2  # constant LR, then linear decay to 0 over the last 20%
+    log_every: int = 100  # logged steps: 0, 1, every log_every, last
+    keep_checkpoints: int = 5  # probe checkpoints: step 0 plus the last K logged steps
+    keep_all_checkpoints: bool = False  # keep every logged step (β over training)
+    val_tokens: int = 65536  # validation perplexity on the first val_tokens tokens of the val split
+    divergence_ratio: float = 1.5  # train loss above ratio × step-0 loss (or non-finite) → diverged
+    diverged_ppl: float = 1000.0  # paper's ×: final validation perplexity above this is diverged
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    # Not part of any key: they change speed, not results.
+    resume_every: int = 50  # steps between resume checkpoints
+    threads: int = 0  # torch CPU threads; 0 = all cores
+
+
+@dataclass
+class ProbeSpec:
+    tokens_per_bucket: int = 4096  # N per bucket (HEAD, MID, TAIL); recorded with every spectrum
+    pooled_tokens: int = 8192  # N for the pooled (all-token) set
+    min_bucket_tokens: int = 1000  # skip a bucket with fewer tokens (science.md §5)
+    sites: List[str] = field(default_factory=lambda: ["pre", "post"])
+    dtype: str = "float32"  # activation storage dtype: float16 | float32
+    chunk_tokens: int = 4096  # zarr chunk length along tokens
+    keep_activations: str = "none"  # none | all | post-last: what survives the spectra stage
+    alphas: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, float("inf")])
+    batch_size: int = 8  # probe forward batch (sequences)
+
+
+@dataclass
+class FitSpec:
+    last_k: int = 5  # median over the last K logged checkpoints
+    bootstrap: int = 1000  # layer-resampling bootstrap draws (0 = off)
+    reference_optimizer: str = "adamw"
+    headline_site: str = "post"
+
+
+@dataclass
+class SweepSpec:
+    optimizers: List[str] = field(default_factory=lambda: ["adamw"])
+    widths: List[int] = field(default_factory=lambda: [1, 2, 4])
+    seeds: List[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class AblationSpec:
+    """An arm: the base spec with `vary` (dotted path → values, cartesian product) over its own sweep."""
+
+    vary: Dict[str, List[Any]] = field(default_factory=dict)
+    optimizers: Optional[List[str]] = None  # None = the main sweep's
+    widths: Optional[List[int]] = None
+    seeds: Optional[List[int]] = None
+    optim: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per-optimizer overrides for this arm
+
+
+@dataclass
+class LauncherSpec:
+    cluster: str = "local"  # local | debug | slurm
+    max_parallel: int = 1  # local: runs at once (2 cores: one run using all cores is fastest)
+    timeout_min: int = 1440
+    poll_seconds: float = 2.0
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    gpus_per_node: int = 0
+    nodes: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 32
+    array_parallelism: int = 64
+    sbatch_extra: Dict[str, Any] = field(default_factory=dict)
+    setup: List[str] = field(default_factory=list)  # shell lines run before each SLURM job
+
+
+@dataclass
+class StudySpec:
+    preset: str = MISSING
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    optim: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # optimizer name or family → hparam overrides
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    fit: FitSpec = field(default_factory=FitSpec)
+    sweep: SweepSpec = field(default_factory=SweepSpec)
+    ablations: Dict[str, AblationSpec] = field(default_factory=dict)
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
+
+
+CHOICES = {
+    "data.source": ("stdlib", "files", "bin", "hf"),
+    "model.pos_encoding": ("rope", "nope"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "probe.dtype": ("float16", "float32"),
+    "probe.keep_activations": ("none", "all", "post-last"),
+    "launcher.cluster": ("local", "debug", "slurm"),
+    "fit.headline_site": ("pre", "post"),
+}
+
+
+def _did_you_mean(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(candidates))}"
+
+
+def _keys_at(cfg: DictConfig, parent: str) -> list[str]:
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+
+
+def _merge_file(base: DictConfig, path: Path, drop: tuple[str, ...] = ()) -> DictConfig:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of sections at the top level")
+    raw = {k: v for k, v in raw.items() if k not in drop}
+    try:
+        return OmegaConf.merge(base, raw)
+    except ConfigKeyError as err:
+        full = str(err.full_key or err.key or "")
+        parent, _, leaf = full.rpartition(".")
+        raise SpecError(f"{path}: unknown key '{full}'{_did_you_mean(leaf, _keys_at(base, parent))}") from None
+    except (ValidationError, OmegaConfBaseException) as err:
+        msg = str(err).splitlines()[0]
+        raise SpecError(f"{path}: key '{err.full_key}': {msg} (fix the value's type)") from None
+
+
+def presets_dir(project_root: Path) -> Path:
+    return project_root / "specs"
+
+
+def load_study(params_path: Path | str = "params.yaml", preset: str | None = None) -> DictConfig:
+    """Preset (specs/<name>.yaml or a path) ← params.yaml, validated. Raises SpecError naming file and key."""
+    params_path = Path(params_path).resolve()
+    root = params_path.parent
+    base = OmegaConf.structured(StudySpec)
+    if preset is None:
+        raw = yaml.safe_load(params_path.read_text()) if params_path.exists() else None
+        if not isinstance(raw, dict) or "preset" not in raw:
+            raise SpecError(f"{params_path}: key 'preset' is missing (e.g. 'preset: tiny'; presets live in specs/)")
+        preset = str(raw["preset"])
+    preset_path = Path(preset) if preset.endswith((".yaml", ".yml")) else presets_dir(root) / f"{preset}.yaml"
+    if not preset_path.is_absolute():
+        preset_path = root / preset_path
+    if not preset_path.exists():
+        names = sorted(p.stem for p in presets_dir(root).glob("*.yaml"))
+        raise SpecError(f"{params_path}: key 'preset': no preset '{preset}' (known: {', '.join(names)})")
+    cfg = _merge_file(base, preset_path, drop=("preset",))
+    if params_path.exists():
+        cfg = _merge_file(cfg, params_path)
+    cfg.preset = preset
+    validate(cfg, params_path)
+    return cfg
+
+
+def validate(cfg: DictConfig, path: Path) -> None:
+    """Impossible values fail here, before anything is written."""
+    from specscale.optim import parse_optimizer_name  # local: keeps spec importable without torch users
+
+    def fail(key: str, msg: str) -> None:
+        raise SpecError(f"{path}: key '{key}': {msg}")
+
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+    for key in ("model.d_model", "model.n_layers", "model.n_heads", "train.steps", "train.batch_size",
+                "train.seq_len", "train.log_every", "data.vocab_size", "probe.tokens_per_bucket",
+                "probe.pooled_tokens", "probe.chunk_tokens", "launcher.max_parallel", "fit.last_k"):
+        if OmegaConf.select(cfg, key) <= 0:
+            fail(key, "must be > 0")
+    if cfg.data.val_every < 2:
+        fail("data.val_every", "must be ≥ 2 (every val_every-th document is validation)")
+    if cfg.data.source in ("files", "bin") and not cfg.data.paths:
+        fail("data.paths", f"data.source '{cfg.data.source}' needs at least one path or glob")
+    if cfg.data.source == "hf" and not cfg.data.hf_dataset:
+        fail("data.hf_dataset", "data.source 'hf' needs a dataset name")
+    if not 0.0 <= cfg.train.decay_fraction <= 1.0:
+        fail("train.decay_fraction", "must be in [0, 1]")
+    if cfg.train.micro_batch_size and cfg.train.batch_size % cfg.train.micro_batch_size:
+        fail("train.micro_batch_size", f"must divide train.batch_size={cfg.train.batch_size}")
+    bad_sites = set(cfg.probe.sites) - {"pre", "post"}
+    if bad_sites or not cfg.probe.sites:
+        fail("probe.sites", f"sites are 'pre' and/or 'post', got {list(cfg.probe.sites)}")
+    if any(a < 0 for a in cfg.probe.alphas):
+        fail("probe.alphas", "Rényi orders must be ≥ 0")
+
+    def check_arm(prefix: str, optimizers, widths, seeds, model_overrides: dict) -> None:
+        for i, name in enumerate(optimizers or []):
+            try:
+                parse_optimizer_name(str(name))
+            except ValueError as err:
+                fail(f"{prefix}.optimizers[{i}]", str(err))
+        for i, w in enumerate(widths or []):
+            if not isinstance(w, int) or w <= 0:
+                fail(f"{prefix}.widths[{i}]", f"FFN width multiplier must be a positive integer, got {w!r}")
+        for i, s in enumerate(seeds or []):
+            if not isinstance(s, int):
+                fail(f"{prefix}.seeds[{i}]", f"seed must be an integer, got {s!r}")
+        d = model_overrides.get("d_model", cfg.model.d_model)
+        for h in model_overrides.get("n_heads", [cfg.model.n_heads]):
+            if not isinstance(h, int) or h <= 0 or d % h:
+                fail(f"{prefix}.vary.model.n_heads" if "n_heads" in model_overrides else "model.n_heads",
+                     f"{h} heads do not divide d_model={d}")
+
+    check_arm("sweep", cfg.sweep.optimizers, cfg.sweep.widths, cfg.sweep.seeds, {})
+    if not cfg.sweep.optimizers or not cfg.sweep.widths or not cfg.sweep.seeds:
+        fail("sweep", "optimizers, widths and seeds must each list at least one value")
+    for name, arm in cfg.ablations.items():
+        prefix = f"ablations.{name}"
+        model_vary: dict[str, Any] = {}
+        for dotted, values in arm.vary.items():
+            section, _, leaf = dotted.partition(".")
+            if section not in ("model", "train", "data", "probe") or not leaf:
+                fail(f"{prefix}.vary.{dotted}", "vary paths look like 'model.n_heads' or 'train.steps'")
+            known = _keys_at(cfg, section)
+            if leaf not in known or leaf == "ffn_mult":
+                fail(f"{prefix}.vary.{dotted}", f"unknown field{_did_you_mean(leaf, known)}")
+            try:
+                for v in values:
+                    OmegaConf.merge(cfg[section], {leaf: v})
+            except OmegaConfBaseException as err:
+                fail(f"{prefix}.vary.{dotted}", str(err).splitlines()[0])
+            if section == "model":
+                model_vary[leaf] = list(values)
+        check_arm(prefix, arm.optimizers, arm.widths, arm.seeds, model_vary)
+        for pos in model_vary.get("pos_encoding", []):
+            if pos not in CHOICES["model.pos_encoding"]:
+                fail(f"{prefix}.vary.model.pos_encoding", f"{pos!r} is not rope or nope")
+        for f in model_vary.get("postln_fraction", []):
+            if not 0.0 <= float(f) <= 1.0:
+                fail(f"{prefix}.vary.model.postln_fraction", "fractions lie in [0, 1]")
+
+
+def to_container(cfg: DictConfig | Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

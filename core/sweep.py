@@ -1,0 +1,129 @@
+"""Expand the study spec into fully resolved run specs, one per (arm, varied values, optimizer, width, seed).
+
+A run spec holds only what changes a trained model: data, model, train (minus speed-only fields), optimizer name with
+every hyperparameter explicit, and seed. Arms that resolve to the same spec share one run (same key), so an ablation
+that repeats the base values reuses the main sweep's runs. Labels (arm, varied values) ride alongside, never hashed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from specscale.cache import stable_hash
+from specscale.spec import SpecError, to_container
+
+# Train fields that change speed or bookkeeping only: excluded from every key.
+SPEED_ONLY_TRAIN_FIELDS = ("resume_every", "threads")
+
+
+@dataclass
+class RunPoint:
+    """One training run: its resolved spec (hashed) and its labels (not hashed)."""
+
+    spec: dict[str, Any]
+    arms: list[str] = field(default_factory=list)  # every arm that asked for this run
+    varied: dict[str, Any] = field(default_factory=dict)  # dotted path → value, for the arm that named it
+
+    @property
+    def optimizer(self) -> str:
+        return self.spec["optim"]["name"]
+
+    @property
+    def width(self) -> int:
+        return self.spec["model"]["ffn_mult"]
+
+    @property
+    def seed(self) -> int:
+        return self.spec["seed"]
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k.split('.')[-1]}={v}" for k, v in sorted(self.varied.items()))
+        return f"{self.optimizer} k={self.width} seed={self.seed}{extra}"
+
+    def group_spec(self) -> dict[str, Any]:
+        """The spec with the width removed: runs that share it form one scaling-law fit."""
+        spec = copy.deepcopy(self.spec)
+        spec["model"].pop("ffn_mult")
+        return spec
+
+
+def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path) -> dict[str, Any]:
+    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's; unknown keys fail here."""
+    from specscale.optim import default_hparams, parse_optimizer_name
+
+    family, _ = parse_optimizer_name(name)
+    hparams = default_hparams(name)
+    layers = [("optim", to_container(study.optim))]
+    if arm_overrides:
+        layers.append(("ablation optim", arm_overrides))
+    for origin, overrides in layers:
+        for key in (family, name) if family != name else (name,):
+            for hkey, value in (overrides.get(key) or {}).items():
+                if hkey not in hparams:
+                    close = difflib.get_close_matches(hkey, list(hparams), n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(sorted(hparams))}"
+                    raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': not a {name} hyperparameter{hint}")
+                hparams[hkey] = value
+    return hparams
+
+
+def _check_optim_section(study: DictConfig, where: Path) -> None:
+    from specscale.optim import parse_optimizer_name
+
+    for key in study.optim.keys():
+        try:
+            parse_optimizer_name(str(key))
+        except ValueError as err:
+            raise SpecError(f"{where}: key 'optim.{key}': {err}") from None
+
+
+def base_run_spec(study: DictConfig) -> dict[str, Any]:
+    train = {k: v for k, v in to_container(study.train).items() if k not in SPEED_ONLY_TRAIN_FIELDS}
+    return {"data": to_container(study.data), "model": to_container(study.model), "train": train}
+
+
+def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[RunPoint]:
+    """All training runs of the study, deduplicated by key, main sweep first, in a stable order."""
+    where = Path(where)
+    _check_optim_section(study, where)
+    arms: list[tuple[str, dict[str, list], list, list, list, dict]] = [
+        ("main", {}, list(study.sweep.optimizers), list(study.sweep.widths), list(study.sweep.seeds), {})
+    ]
+    for name, arm in study.ablations.items():
+        arms.append((
+            str(name),
+            {k: list(v) for k, v in arm.vary.items()},
+            list(arm.optimizers if arm.optimizers is not None else study.sweep.optimizers),
+            list(arm.widths if arm.widths is not None else study.sweep.widths),
+            list(arm.seeds if arm.seeds is not None else study.sweep.seeds),
+            to_container(arm.optim),
+        ))
+    runs: dict[str, RunPoint] = {}
+    base = base_run_spec(study)
+    for arm_name, vary, optimizers, widths, seeds, arm_optim in arms:
+        paths = sorted(vary)
+        for values in itertools.product(*(vary[p] for p in paths)):
+            varied = dict(zip(paths, values))
+            for opt, width, seed in itertools.product(optimizers, widths, seeds):
+                spec = copy.deepcopy(base)
+                for dotted, value in varied.items():
+                    section, leaf = dotted.split(".", 1)
+                    spec[section][leaf] = value
+                spec["model"]["ffn_mult"] = int(width)
+                spec["optim"] = {"name": str(opt), "hparams": resolve_hparams(study, str(opt), arm_optim, where)}
+                spec["seed"] = int(seed)
+                key = stable_hash(spec)
+                if key in runs:
+                    if arm_name not in runs[key].arms:
+                        runs[key].arms.append(arm_name)
+                    continue
+                runs[key] = RunPoint(spec=spec, arms=[arm_name], varied=varied)
+    return list(runs.values())

@@ -1,0 +1,214 @@
+"""One training run: resumable, logged, divergence-aware. Called by the train stage inside a submitit job.
+
+Files written into the run's work dir:
+  log.jsonl           one line per logged step: step, loss, lr factor, tokens/s, elapsed
+  ckpt/step_XXXXXX.pt model weights only, at step 0 and the kept logged steps (the probe's checkpoints)
+  resume.pt           model + optimizer state + step, replaced every `resume_every` steps, dropped at commit
+  result.json         validation loss and perplexity, diverged flag, token counts
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specscale.model import GPT, ModelShape
+from specscale.optim import build_optimizer, roles_from_names
+from specscale.shards import TokenWindows, open_tokens
+
+RESUME_FILE = "resume.pt"
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA by default (the paper's setting), plain fp32 on CPU (bf16 matmul there is ~15× slower)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def logged_steps(steps: int, log_every: int) -> list[int]:
+    """science.md §5: step 0, step 1, every log_every steps, and the last step."""
+    return sorted({0, min(1, steps), steps, *range(log_every, steps + 1, log_every)})
+
+
+def kept_checkpoints(steps: int, log_every: int, keep_last: int, keep_all: bool) -> list[int]:
+    logged = logged_steps(steps, log_every)
+    return logged if keep_all else sorted({0, *logged[-keep_last:]})
+
+
+def lr_factor(step: int, steps: int, decay_fraction: float) -> float:
+    """Constant, then linear decay to 0 over the last decay_fraction of steps (no warmup). `step` counts from 0."""
+    decay_start = steps * (1.0 - decay_fraction)
+    if step < decay_start or decay_fraction == 0:
+        return 1.0
+    return max(0.0, (steps - step) / (steps * decay_fraction))
+
+
+def model_shape(spec: dict[str, Any], vocab_size: int) -> ModelShape:
+    m, t = spec["model"], spec["train"]
+    padded = math.ceil(vocab_size / m["vocab_multiple"]) * m["vocab_multiple"]
+    return ModelShape(vocab_size=padded, d_model=m["d_model"], n_layers=m["n_layers"], n_heads=m["n_heads"],
+                      ffn_dim=m["ffn_mult"] * m["d_model"], pos_encoding=m["pos_encoding"], rope_base=m["rope_base"],
+                      postln_fraction=m["postln_fraction"], max_seq_len=t["seq_len"])
+
+
+def build_model(spec: dict[str, Any], vocab_size: int, device: torch.device) -> GPT:
+    torch.manual_seed(spec["seed"])  # the init is a function of the seed alone
+    return GPT(model_shape(spec, vocab_size)).to(device)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, windows: TokenWindows, n_tokens: int, batch_size: int, device: torch.device,
+             precision: str) -> float:
+    """Mean cross-entropy (nats/token) on the first n_tokens of the validation split, in order."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in windows.sequential(batch_size, max_tokens=n_tokens):
+        x, y = x.to(device), y.to(device)
+        with autocast_context(device, precision):
+            loss = model.loss(x, y)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train()
+    return total / max(count, 1)
+
+
+class Trainer:
+    """Holds model, optimizer and data; `step(i)` performs optimizer step i (0-based) with grad accumulation."""
+
+    def __init__(self, spec: dict[str, Any], tokens_dir: Path, device: torch.device) -> None:
+        self.spec = spec
+        self.train_cfg = spec["train"]
+        self.device = device
+        meta = json.loads((tokens_dir / "tokens.json").read_text())
+        self.vocab_size = int(meta["vocab_size"])
+        self.train_windows = TokenWindows(open_tokens(tokens_dir / "train.bin"), self.train_cfg["seq_len"])
+        self.val_windows = TokenWindows(open_tokens(tokens_dir / "val.bin"), self.train_cfg["seq_len"])
+        self.model = build_model(spec, self.vocab_size, device)
+        named = list(self.model.named_parameters())
+        opt = spec["optim"]
+        self.optimizer = build_optimizer(roles_from_names(named), opt["name"], opt["hparams"],
+                                         d_model=spec["model"]["d_model"])
+        micro = self.train_cfg["micro_batch_size"] or self.train_cfg["batch_size"]
+        self.micro_batch = micro
+        self.accum = self.train_cfg["batch_size"] // micro
+
+    def set_lr(self, step: int) -> float:
+        factor = lr_factor(step, self.train_cfg["steps"], self.train_cfg["decay_fraction"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return factor
+
+    def step(self, step: int) -> float:
+        """One optimizer step on the batch for `step` (deterministic in (seed, step)); returns the mean loss."""
+        self.set_lr(step)
+        indices = self.train_windows.sample_indices(step, self.train_cfg["batch_size"], self.spec["seed"])
+        total = 0.0
+        for a in range(self.accum):
+            x, y = self.train_windows.batch(indices[a * self.micro_batch:(a + 1) * self.micro_batch])
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with autocast_context(self.device, self.train_cfg["precision"]):
+                loss = self.model.loss(x, y) / self.accum
+            loss.backward()
+            total += loss.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(total)
+
+
+def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int = 0,
+              progress_every_s: float = 15.0) -> dict[str, Any]:
+    """Train (or resume) one run in `work`; returns result fields (also written to result.json)."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = spec["train"]
+    device = resolve_device(cfg["device"])
+    trainer = Trainer(spec, tokens_dir, device)
+    steps = cfg["steps"]
+    logged = set(logged_steps(steps, cfg["log_every"]))
+    kept = set(kept_checkpoints(steps, cfg["log_every"], cfg["keep_checkpoints"], cfg["keep_all_checkpoints"]))
+    ckpt_dir = work / "ckpt"
+    ckpt_dir.mkdir(exist_ok=True)
+    log_path = work / "log.jsonl"
+    start_step, initial_loss, diverged, reason = 0, None, False, None
+    resume_path = work / RESUME_FILE
+    if resume_path.exists():
+        state = torch.load(resume_path, map_location=device, weights_only=False)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        start_step, initial_loss = state["step"], state["initial_loss"]
+        print(f"resumed from step {start_step}", flush=True)
+        _truncate_log(log_path, start_step)
+    tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
+    t0, last_print, tokens_done = time.time(), time.time(), 0
+    step = start_step
+    while step <= steps:
+        if step in kept and not (ckpt_dir / f"step_{step:06d}.pt").exists():
+            _save_atomic(trainer.model.state_dict(), ckpt_dir / f"step_{step:06d}.pt")
+        if step == steps:
+            break
+        loss = trainer.step(step)
+        step += 1
+        tokens_done += tokens_per_step
+        if initial_loss is None:
+            initial_loss = loss
+        if not math.isfinite(loss) or loss > cfg["divergence_ratio"] * initial_loss:
+            diverged, reason = True, f"train loss {loss:.4g} at step {step} (step-0 loss {initial_loss:.4g})"
+            print(f"diverged: {reason}", flush=True)
+            break
+        elapsed = time.time() - t0
+        if step in logged:
+            entry = {"step": step, "loss": loss, "lr_factor": lr_factor(step - 1, steps, cfg["decay_fraction"]),
+                     "tokens_per_s": tokens_done / max(elapsed, 1e-9), "elapsed_s": elapsed}
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        if time.time() - last_print > progress_every_s or step == steps:
+            rate = tokens_done / max(elapsed, 1e-9)
+            eta = (steps - step) * tokens_per_step / max(rate, 1e-9)
+            print(f"step {step}/{steps} loss {loss:.4f} {rate / 1e3:.1f}k tok/s eta {eta:.0f}s", flush=True)
+            last_print = time.time()
+        if step % cfg["resume_every"] == 0 and step < steps:
+            _save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                          "step": step, "initial_loss": initial_loss}, resume_path)
+    val_loss = float("nan") if diverged else evaluate(
+        trainer.model, trainer.val_windows, cfg["val_tokens"], trainer.micro_batch, device, cfg["precision"])
+    val_ppl = math.exp(val_loss) if math.isfinite(val_loss) and val_loss < 700 else float("inf")
+    if not diverged and val_ppl > cfg["diverged_ppl"]:
+        diverged, reason = True, f"validation perplexity {val_ppl:.1f} > {cfg['diverged_ppl']}"
+    result = {
+        "val_loss": val_loss, "val_ppl": val_ppl, "diverged": diverged, "diverged_reason": reason,
+        "steps_done": step, "tokens_seen": step * tokens_per_step, "n_params": trainer.model.num_params(),
+        "ffn_dim": trainer.model.shape.ffn_dim, "vocab_size": trainer.model.shape.vocab_size,
+        "checkpoints": sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("step_*.pt")),
+    }
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"done: val loss {val_loss:.4f} ppl {val_ppl:.2f}{' DIVERGED' if diverged else ''}", flush=True)
+    return {**result, "device": str(device)}
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines past the resume point, so a resumed log equals an uninterrupted one."""
+    if not log_path.exists():
+        return
+    lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    log_path.write_text("".join(ln + "\n" for ln in lines))
