@@ -35,7 +35,7 @@ _SCAN_CHUNK_WINDOWS = 4096  # probe-set windows classified per step
 
 
 def unigram_counts(tokens: Any, vocab_size: int) -> np.ndarray:
-    """Occurrences of every type id in ``tokens`` (an array, memmap or ``shards.ConcatTokens``): shape (vocab_size,), int64."""
+    """Occurrences of every type id in ``tokens`` (array, memmap or ``shards.ConcatTokens``): (vocab_size,) int64."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for start in range(0, len(tokens), _COUNT_CHUNK):
         chunk = np.asarray(tokens[start : start + _COUNT_CHUNK])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,8 +18,6 @@ def _stage(args: argparse.Namespace) -> int:
     from specscale.stages.common import load_plan, run_fan_out, run_in_process
 
     plan, store = load_plan(args.params)
-    if plan.study.train.threads:
-        os.environ["SPECSCALE_THREADS"] = str(plan.study.train.threads)
     name = args.name
     if name in SINGLE_STAGES:
         return run_in_process(name, plan, store).exit_code

@@ -100,29 +100,31 @@ class CovarianceAccumulator:
         n_b = int(x.shape[0])
         if n_b == 0:
             return
-        finite = np.all(np.isfinite(x)) if isinstance(x, np.ndarray) else bool(torch.isfinite(x).all())
+        # Chunk mean by the corrected two-pass method: numpy/torch sum axis 0 row by row (error ~ n·eps·|offset|);
+        # the mean of the residual after subtracting it removes that error, so δ below stays accurate for a large
+        # common offset. x − raw_mean is exact there (Sterbenz). Four passes over the chunk, all O(n·D).
+        raw_mean = x.mean(0)
+        # A NaN or inf anywhere in a column makes its mean non-finite: one O(D) check instead of an O(n·D) pass.
+        finite = np.all(np.isfinite(raw_mean)) if isinstance(x, np.ndarray) else bool(torch.isfinite(raw_mean).all())
         if not finite:
             raise ValueError("chunk contains NaN or inf")
         if self._shift is None:
-            # Shift every row by the first chunk's mean K: for a large offset, x − K is exact (Sterbenz), so the
-            # running mean and the merge term δ stay small numbers and keep full relative precision.
-            self._shift = x.mean(0)
-        x -= self._shift
+            # Everything is kept relative to K = the first chunk's mean, so the running mean and δ are small
+            # numbers with full relative precision however large the offset.
+            self._shift = raw_mean.copy() if isinstance(raw_mean, np.ndarray) else raw_mean.clone()
+        x -= raw_mean
+        residual = x.mean(0)
+        x -= residual
+        mu_b = (raw_mean - self._shift) + residual  # chunk mean relative to K; (D,)
         if self.device is None:
-            self._update_numpy(x, n_b)
+            self._update_numpy(x, mu_b, n_b)
         else:
-            self._update_torch(x, n_b)
+            self._update_torch(x, mu_b, n_b)
         self._n += n_b
 
-    def _update_numpy(self, x: np.ndarray, n_b: int) -> None:
-        # Corrected two-pass mean: numpy sums axis 0 row by row (error ~ n·eps·|offset|); the mean of the residual
-        # removes that error, so δ in the merge below is accurate even for a large common offset.
-        mu_b = x.mean(axis=0)
-        x -= mu_b
-        residual = x.mean(axis=0)
-        x -= residual
-        mu_b += residual
-        # x is C-contiguous (n, D), so x.T is an F-contiguous (D, n) view: dsyrk(trans=0) forms x.T @ x without a copy.
+    def _update_numpy(self, x: np.ndarray, mu_b: np.ndarray, n_b: int) -> None:
+        # x: centred chunk (n_b, D), C-contiguous, so x.T is an F-contiguous (D, n_b) view and dsyrk(trans=0) forms
+        # xᵀx into the upper triangle of M2 in place, without a copy or a D×D temporary.
         m2 = blas.dsyrk(1.0, x.T, beta=1.0, c=self._m2, trans=0, lower=0, overwrite_c=1)
         n_a, n = self._n, self._n + n_b
         delta = mu_b - self._mean
@@ -132,12 +134,7 @@ class CovarianceAccumulator:
             self._m2 = m2
         self._mean += delta * (n_b / n)
 
-    def _update_torch(self, x: torch.Tensor, n_b: int) -> None:
-        mu_b = x.mean(dim=0)
-        x -= mu_b
-        residual = x.mean(dim=0)  # corrected two-pass mean, as in the numpy path
-        x -= residual
-        mu_b += residual
+    def _update_torch(self, x: torch.Tensor, mu_b: torch.Tensor, n_b: int) -> None:
         # Full GEMM (torch has no syrk); on a GPU the factor 2 in flops is cheaper than a triangular kernel.
         self._m2.addmm_(x.T, x)
         n_a, n = self._n, self._n + n_b

@@ -293,8 +293,13 @@ def add_deltas(
             reason="" if ok else f"needs fitted {soft} and {hard}",
         )
         new_rows.append(row)
+    if not new_rows:
+        return base.reset_index(drop=True)
     out = pd.concat([base, pd.DataFrame(new_rows, columns=table.columns)], ignore_index=True)
-    return out.sort_values([*groups, "metric"], kind="stable").reset_index(drop=True)
+    # Group order kept; within a group the metrics in their order, the Δ row last.
+    out["_is_delta"] = out["metric"] == DELTA_METRIC
+    out = out.sort_values([*groups, "_is_delta", "metric"], kind="stable")
+    return out.drop(columns="_is_delta").reset_index(drop=True)
 
 
 def format_fit_table(table: pd.DataFrame, level: float = 0.95) -> str:

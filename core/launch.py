@@ -218,19 +218,19 @@ class Launcher:
         self._monitor(handles, queue, report)
 
     def _run_debug(self, queue: list[Task], report: LaunchReport) -> None:
-        executor = make_executor(self.cfg, self.folder, self.stage)
+        """In-process, one run after another. Called directly rather than through submitit's DebugExecutor, which
+        drops into pdb on an exception: a failed run must be recorded and the next one started."""
         for i, task in enumerate(queue, 1):
             self.echo(f"[{self.stage}] ▶ {task.label} ({i}/{len(queue)}, in-process)")
             started = time.time()
-            job = executor.submit(run_task, self.stage, task.key, str(self.store.project_root))
+            log = None
             try:
-                job.result()
+                run_task(self.stage, task.key, str(self.store.project_root))
             except Exception:  # a failed run must not stop the others
                 log = self.store.work_dir(self.stage, task.key) / "error.log"
                 log.write_text(traceback.format_exc())
-                self._finish(task, report, started, log)
-                continue
-            self._finish(task, report, started, None)
+                traceback.print_exc()
+            self._finish(task, report, started, log)
 
     def _submit_array(self, queue: list[Task]) -> list[_Handle]:
         executor = make_executor(self.cfg, self.folder, self.stage)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from specscale.cache import run_key
 from specscale.spec import to_container
-from specscale.sweep import RunPoint, expand_sweep
+from specscale.sweep import SPEED_ONLY_TRAIN_FIELDS, RunPoint, expand_sweep
 
 STAGE_VERSIONS = {"tokenize": 1, "buckets": 1, "train": 1, "activations": 1, "spectra": 1}
 FAN_OUT_STAGES = ("train", "activations", "spectra")
@@ -47,9 +47,12 @@ class StudyPlan:
         return {run.key for run in self.stage_runs(stage)}
 
 
-def _planned(stage: str, spec: dict, inputs: dict[str, str], label: str, point: RunPoint | None = None) -> PlannedRun:
+def _planned(stage: str, spec: dict, inputs: dict[str, str], label: str, point: RunPoint | None = None,
+             runtime: dict | None = None) -> PlannedRun:
+    """`runtime` rides in spec.json for the job to read but is not hashed: it changes speed, not results."""
     key = run_key(stage, STAGE_VERSIONS[stage], spec, inputs)
-    return PlannedRun(stage, key, {**spec, "inputs": inputs, "stage": stage}, label, point, inputs)
+    full = {**spec, "inputs": inputs, "stage": stage, "runtime": runtime or {}}
+    return PlannedRun(stage, key, full, label, point, inputs)
 
 
 def probe_spec(study: DictConfig) -> dict[str, Any]:
@@ -70,12 +73,21 @@ def make_plan(study: DictConfig, where: Path | str = "params.yaml") -> StudyPlan
         "edges": [1 / 3, 2 / 3],
     }
     buckets = _planned("buckets", bucket_spec, {"tokenize": tokenize.key}, "buckets")
+    runtime = {k: to_container(study.train)[k] for k in SPEED_ONLY_TRAIN_FIELDS}
+    probe_runtime = {"batch_size": probe["batch_size"]}
     train, activations, spectra = [], [], []
     for point in expand_sweep(study, where):
-        t = _planned("train", point.spec, {"tokenize": tokenize.key}, point.label, point)
+        t = _planned("train", point.spec, {"tokenize": tokenize.key}, point.label, point, runtime=runtime)
         train.append(t)
-        a = _planned("activations", {"probe": probe_spec(study)}, {"train": t.key, "buckets": buckets.key},
-                     point.label, point)
-        activations.append(a)
-        spectra.append(_planned("spectra", {}, {"activations": a.key}, point.label, point))
+        # The measurement (which activations, on which probe set) has its own key: the scratch store is named by
+        # it, and both the activations run (which adds what to keep) and the spectra run (which adds the α grid)
+        # derive from it, so changing what is kept never recomputes a spectrum.
+        inputs = {"train": t.key, "buckets": buckets.key}
+        measure_key = run_key("measure", STAGE_VERSIONS["activations"], probe_spec(study), inputs)
+        activations.append(_planned("activations", {"probe": probe_spec(study), "measure_key": measure_key,
+                                                    "keep_activations": probe["keep_activations"]},
+                                    inputs, point.label, point, runtime=probe_runtime))
+        spectra.append(_planned("spectra", {"probe": probe_spec(study), "measure_key": measure_key,
+                                            "alphas": [float(a) for a in probe["alphas"]]},
+                                inputs, point.label, point, runtime=probe_runtime))
     return StudyPlan(study, tokenize, buckets, train, activations, spectra)

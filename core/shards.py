@@ -180,7 +180,9 @@ class TokenWindows:
     def __len__(self) -> int:
         return self.num_windows
 
-    def batch(self, indices: Sequence[int] | np.ndarray, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, indices: Sequence[int] | np.ndarray, device: str | torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of the given windows: two int64 tensors of shape (B, T); ``y[:, t] == x[:, t+1]``."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:

@@ -8,7 +8,7 @@ invalidates nothing.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -156,6 +156,8 @@ def _did_you_mean(key: str, candidates: list[str]) -> str:
 
 def _keys_at(cfg: DictConfig, parent: str) -> list[str]:
     node = OmegaConf.select(cfg, parent) if parent else cfg
+    if node is None and parent.count(".") == 1 and parent.startswith("ablations."):  # an arm not yet in the base
+        return [f.name for f in fields(AblationSpec)]
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 
 
@@ -252,11 +254,14 @@ def validate(cfg: DictConfig, path: Path) -> None:
         for i, s in enumerate(seeds or []):
             if not isinstance(s, int):
                 fail(f"{prefix}.seeds[{i}]", f"seed must be an integer, got {s!r}")
-        d = model_overrides.get("d_model", cfg.model.d_model)
-        for h in model_overrides.get("n_heads", [cfg.model.n_heads]):
-            if not isinstance(h, int) or h <= 0 or d % h:
-                fail(f"{prefix}.vary.model.n_heads" if "n_heads" in model_overrides else "model.n_heads",
-                     f"{h} heads do not divide d_model={d}")
+        varied = [k for k in ("n_heads", "d_model") if k in model_overrides]
+        heads_key = f"{prefix}.vary.model.{varied[0]}" if varied else "model.n_heads"
+        for d in model_overrides.get("d_model", [cfg.model.d_model]):  # vary takes the cartesian product
+            for h in model_overrides.get("n_heads", [cfg.model.n_heads]):
+                if not isinstance(h, int) or h <= 0 or not isinstance(d, int) or d <= 0 or d % h:
+                    fail(heads_key, f"{h} heads do not divide d_model={d}")
+                if "rope" in model_overrides.get("pos_encoding", [cfg.model.pos_encoding]) and (d // h) % 2:
+                    fail(heads_key, f"RoPE needs an even head dimension; d_model={d} / {h} heads = {d // h}")
 
     check_arm("sweep", cfg.sweep.optimizers, cfg.sweep.widths, cfg.sweep.seeds, {})
     if not cfg.sweep.optimizers or not cfg.sweep.widths or not cfg.sweep.seeds:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from specscale.cache import stable_hash
 from specscale.spec import SpecError, to_container
@@ -55,7 +55,8 @@ class RunPoint:
         return spec
 
 
-def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path) -> dict[str, Any]:
+def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path,
+                    arm_name: str | None = None) -> dict[str, Any]:
     """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's; unknown keys fail here."""
     from specscale.optim import default_hparams, parse_optimizer_name
 
@@ -63,7 +64,7 @@ def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, wh
     hparams = default_hparams(name)
     layers = [("optim", to_container(study.optim))]
     if arm_overrides:
-        layers.append(("ablation optim", arm_overrides))
+        layers.append((f"ablations.{arm_name}.optim" if arm_name else "ablation optim", arm_overrides))
     for origin, overrides in layers:
         for key in (family, name) if family != name else (name,):
             for hkey, value in (overrides.get(key) or {}).items():
@@ -71,18 +72,37 @@ def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, wh
                     close = difflib.get_close_matches(hkey, list(hparams), n=1)
                     hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(sorted(hparams))}"
                     raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': not a {name} hyperparameter{hint}")
+                if hkey == "rank_fraction":  # the factory rejects a fraction that contradicts the name
+                    raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': choose the Dion rank fraction through "
+                                    f"the optimizer name (e.g. dion_1_4), not an override")
                 hparams[hkey] = value
     return hparams
 
 
-def _check_optim_section(study: DictConfig, where: Path) -> None:
+def _check_optim_keys(keys, prefix: str, where: Path) -> None:
+    """Each key is an optimizer name or the family 'dion' (overrides for every dion_<a>_<b>)."""
     from specscale.optim import parse_optimizer_name
 
-    for key in study.optim.keys():
+    for key in keys:
+        if str(key) == "dion":
+            continue
         try:
             parse_optimizer_name(str(key))
         except ValueError as err:
-            raise SpecError(f"{where}: key 'optim.{key}': {err}") from None
+            raise SpecError(f"{where}: key '{prefix}.{key}': {err}") from None
+
+
+def _check_optim_section(study: DictConfig, where: Path) -> None:
+    _check_optim_keys(study.optim.keys(), "optim", where)
+    for name, arm in study.ablations.items():
+        _check_optim_keys(arm.optim.keys(), f"ablations.{name}.optim", where)
+
+
+def _typed(study: DictConfig, dotted: str, value: Any) -> Any:
+    """A varied value converted to its field's type (0 → 0.0 for a float field), so that an ablation repeating a
+    base value hashes to the base run's key."""
+    section, leaf = dotted.split(".", 1)
+    return to_container(OmegaConf.merge(study[section], {leaf: value}))[leaf]
 
 
 def base_run_spec(study: DictConfig) -> dict[str, Any]:
@@ -100,7 +120,7 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
     for name, arm in study.ablations.items():
         arms.append((
             str(name),
-            {k: list(v) for k, v in arm.vary.items()},
+            {k: [_typed(study, k, v) for v in values] for k, values in arm.vary.items()},
             list(arm.optimizers if arm.optimizers is not None else study.sweep.optimizers),
             list(arm.widths if arm.widths is not None else study.sweep.widths),
             list(arm.seeds if arm.seeds is not None else study.sweep.seeds),
@@ -118,7 +138,8 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
                     section, leaf = dotted.split(".", 1)
                     spec[section][leaf] = value
                 spec["model"]["ffn_mult"] = int(width)
-                spec["optim"] = {"name": str(opt), "hparams": resolve_hparams(study, str(opt), arm_optim, where)}
+                hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name)
+                spec["optim"] = {"name": str(opt), "hparams": hparams}
                 spec["seed"] = int(seed)
                 key = stable_hash(spec)
                 if key in runs:

@@ -107,12 +107,14 @@ def encode_documents(tokenizer: Tokenizer, docs: Iterable[str | tuple[str, str]]
     dtype = token_dtype(tokenizer.get_vocab_size())
     eot = np.array([EOT_ID], dtype=dtype)
     parts: list[np.ndarray] = []
+    # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never use: ≈ 1.6× faster.
+    encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
     previous = tokenizer.encode_special_tokens
     tokenizer.encode_special_tokens = True  # treat special-token text inside documents as plain text
     try:
         for chunk in _chunks(_texts(docs), _ENCODE_CHUNK_DOCS):
             # add_special_tokens=False: no post-processor tokens; we add EOT ourselves.
-            for encoding in tokenizer.encode_batch(chunk, add_special_tokens=False):
+            for encoding in encode_batch(chunk, add_special_tokens=False):
                 parts.append(eot)
                 parts.append(np.asarray(encoding.ids, dtype=dtype))
     finally:

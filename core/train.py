@@ -136,7 +136,7 @@ class Trainer:
         return float(total)
 
 
-def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int = 0,
+def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int = 0, resume_every: int = 50,
               progress_every_s: float = 15.0) -> dict[str, Any]:
     """Train (or resume) one run in `work`; returns result fields (also written to result.json)."""
     if threads:
@@ -187,7 +187,7 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
             eta = (steps - step) * tokens_per_step / max(rate, 1e-9)
             print(f"step {step}/{steps} loss {loss:.4f} {rate / 1e3:.1f}k tok/s eta {eta:.0f}s", flush=True)
             last_print = time.time()
-        if step % cfg["resume_every"] == 0 and step < steps:
+        if step % resume_every == 0 and step < steps:
             _save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                           "step": step, "initial_loss": initial_loss}, resume_path)
     val_loss = float("nan") if diverged else evaluate(

@@ -13,7 +13,7 @@ from specscale.cache import RunStore
 
 
 def run_one(spec: dict[str, Any], work: Path, store: RunStore) -> dict[str, Any]:
-    from specscale.buckets import assign_buckets, bucket_stats, select_probe_set, unigram_counts
+    from specscale.buckets import BUCKET_NAMES, assign_buckets, bucket_stats, select_probe_set, unigram_counts
     from specscale.shards import open_tokens
 
     tokens_dir = store.final_dir("tokenize", spec["inputs"]["tokenize"])
@@ -30,7 +30,8 @@ def run_one(spec: dict[str, Any], work: Path, store: RunStore) -> dict[str, Any]
     p = counts[counts > 0] / counts.sum()
     stats["unigram_entropy_nats"] = float(-(p * np.log(p)).sum())
     (work / "bucket_stats.json").write_text(json.dumps(stats, indent=2))
-    for name, info in stats["types"].items():
+    for name in BUCKET_NAMES:
+        info = stats["types"][name]
         print(f"{name}: {info['types']} types, {info['share']:.1%} of occurrences; probe tokens "
               f"{probe.buckets[name]['selected']}{' (skipped)' if probe.buckets[name]['skipped'] else ''}", flush=True)
     return {"device": "cpu", "unigram_entropy_nats": stats["unigram_entropy_nats"]}

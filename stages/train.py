@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,7 @@ from specscale.train import RESUME_FILE, train_run
 
 def run_one(spec: dict[str, Any], work: Path, store: RunStore) -> dict[str, Any]:
     tokens_dir = store.final_dir("tokenize", spec["inputs"]["tokenize"])
-    # Threads are a launcher concern (not in the key): SPECSCALE_THREADS is set by the CLI from train.threads.
-    threads = int(os.environ.get("SPECSCALE_THREADS", "0"))
-    result = train_run(spec, work, tokens_dir, threads=threads)
+    runtime = spec["runtime"]  # speed-only settings: not part of the key
+    result = train_run(spec, work, tokens_dir, threads=runtime["threads"], resume_every=runtime["resume_every"])
     result["drop"] = [RESUME_FILE]  # the resume state is replaced, never published
     return result

@@ -125,11 +125,13 @@ def _check_bucket_indices(probe: ProbeSet, name: str, k: int) -> None:
 
 def test_probe_set_counts_indices_and_skip() -> None:
     val = _val_tokens()
-    probe = select_probe_set(val, BUCKET_OF_TYPE, SEQ, tokens_per_bucket=300, pooled_tokens=500, min_bucket_tokens=100)
+    probe = select_probe_set(val, BUCKET_OF_TYPE, SEQ, tokens_per_bucket=300, pooled_tokens=500,
+                             min_bucket_tokens=100)
     n_full = len(val) // SEQ
     tail_available = int(np.isin(val[: n_full * SEQ], [3, 4]).sum())
 
-    assert probe.buckets["HEAD"] == {"requested": 300, "selected": 300, "available": int((val[: n_full * SEQ] == 0).sum()), "skipped": False}
+    head_available = int((val[: n_full * SEQ] == 0).sum())
+    assert probe.buckets["HEAD"] == {"requested": 300, "selected": 300, "available": head_available, "skipped": False}
     assert probe.buckets["MID"]["selected"] == 300 and not probe.buckets["MID"]["skipped"]
     assert probe.buckets["TAIL"] == {"requested": 300, "selected": 0, "available": tail_available, "skipped": True}
     assert probe.bucket_indices["TAIL"].size == 0
@@ -138,7 +140,8 @@ def test_probe_set_counts_indices_and_skip() -> None:
 
     # Windows are the first n_seq windows of val, and n_seq is the fewest that satisfy every target
     # (the skipped TAIL does not hold up the scan).
-    needed = max(probe.bucket_indices["HEAD"][-1] // SEQ + 1, probe.bucket_indices["MID"][-1] // SEQ + 1, -(-500 // SEQ))
+    last_window = [probe.bucket_indices[name][-1] // SEQ for name in ("HEAD", "MID")]
+    needed = max(max(last_window) + 1, -(-500 // SEQ))
     assert probe.windows.shape == (needed, SEQ)
     assert np.array_equal(probe.windows.reshape(-1), val[: needed * SEQ])
     assert np.array_equal(probe.pooled_indices, np.arange(500))
@@ -146,7 +149,8 @@ def test_probe_set_counts_indices_and_skip() -> None:
 
 def test_probe_set_short_bucket_keeps_what_it_has() -> None:
     val = _val_tokens()
-    probe = select_probe_set(val, BUCKET_OF_TYPE, SEQ, tokens_per_bucket=300, pooled_tokens=500, min_bucket_tokens=10)
+    probe = select_probe_set(val, BUCKET_OF_TYPE, SEQ, tokens_per_bucket=300, pooled_tokens=500,
+                             min_bucket_tokens=10)
     tail = probe.buckets["TAIL"]
     assert not tail["skipped"] and tail["selected"] == tail["available"] <= 50 and tail["selected"] > 10
     _check_bucket_indices(probe, "TAIL", TAIL)
@@ -158,7 +162,9 @@ def test_probe_set_short_bucket_keeps_what_it_has() -> None:
 
 def test_probe_set_split_exhausted_and_pooled_capped() -> None:
     val = _val_tokens(n=403)  # 50 full windows (400 tokens) + 3 leftover tokens that are never used
-    probe = select_probe_set(val, BUCKET_OF_TYPE, SEQ, tokens_per_bucket=10_000, pooled_tokens=10_000, min_bucket_tokens=1)
+    probe = select_probe_set(
+        val, BUCKET_OF_TYPE, SEQ, tokens_per_bucket=10_000, pooled_tokens=10_000, min_bucket_tokens=1
+    )
     assert probe.windows.shape == (50, SEQ)
     assert probe.pooled_indices.size == 400
     for k, name in enumerate(BUCKET_NAMES):
@@ -176,7 +182,8 @@ def test_probe_set_independent_of_scan_chunking(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_probe_set_save_load(tmp_path: Path) -> None:
-    probe = select_probe_set(_val_tokens(), BUCKET_OF_TYPE, SEQ, tokens_per_bucket=300, pooled_tokens=500, min_bucket_tokens=100)
+    probe = select_probe_set(_val_tokens(), BUCKET_OF_TYPE, SEQ, tokens_per_bucket=300, pooled_tokens=500,
+                             min_bucket_tokens=100)
     probe.save(tmp_path / "probe")
     info = json.loads((tmp_path / "probe" / "probe_set.json").read_text())
     assert info["n_seq"] == probe.windows.shape[0] and info["buckets"]["TAIL"]["skipped"] is True

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import pre_tokenizers
 
 from specscale.corpus import file_documents, hf_documents, split_documents, stdlib_documents
 from specscale.tokenizer import (
@@ -125,7 +126,7 @@ def test_bpe_trains_offline_with_fixed_eot(bpe) -> None:
     assert bpe.get_vocab_size() == 1024
     assert bpe.token_to_id(EOT_TOKEN) == EOT_ID == 0
     # All 256 byte symbols are in the vocabulary, so any text is encodable.
-    assert all(bpe.token_to_id(ch) is not None for ch in __import__("tokenizers").pre_tokenizers.ByteLevel.alphabet())
+    assert all(bpe.token_to_id(ch) is not None for ch in pre_tokenizers.ByteLevel.alphabet())
 
 
 def test_bpe_is_deterministic(stdlib_slice, bpe) -> None:

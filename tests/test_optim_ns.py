@@ -68,10 +68,10 @@ def test_equals_torch_muon_oracle_in_bf16() -> None:
         ours = orthogonalize(U, steps=5, coeffs="jordan", dtype=torch.bfloat16)
         theirs = _zeropower_via_newtonschulz(U, JORDAN_COEFFS[0], 5, 1e-7).float()
         assert ours.dtype == torch.float32  # output in U's dtype, computed in bf16
-        # bf16 keeps 8 significant bits (relative 2^-8 ≈ 0.004 per rounding); five iterations of rounding in a
-        # different operation order leave a few percent of an entry (entries are ≈ 1/√32 ≈ 0.18).
+        # Same op sequence (addmm) gives identical bits today; the bound allows a different bf16 rounding order
+        # (2^-8 relative per rounding) while still rejecting the paper schedule, which is ≈ 0.27 away.
         rel = (ours - theirs).norm() / theirs.norm()
-        assert rel <= 0.03, rel
+        assert rel <= 0.01, rel
 
 
 def test_gram_is_min_dimension_squared() -> None:
@@ -83,7 +83,7 @@ def test_gram_is_min_dimension_squared() -> None:
 
         def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
             out = func(*args, **(kwargs or {}))
-            if func in (torch.matmul, torch.Tensor.__matmul__, torch.addmm, torch.mm):
+            if getattr(func, "__name__", "") in ("matmul", "__matmul__", "mm", "addmm"):
                 self.shapes.append(tuple(out.shape))
             return out
 

@@ -132,6 +132,10 @@ def test_sample_indices_cover_each_epoch_once(windows: TokenWindows) -> None:
     assert len(set(first_epoch.tolist())) == 96
     straddle = windows.sample_indices(12, 8, seed=0)
     assert sorted(np.concatenate([first_epoch, straddle[:4]]).tolist()) == list(range(100))
+    # The next epoch is a different order of the same windows (fresh permutation per epoch, not a repeat).
+    second_epoch = np.concatenate([windows.sample_indices(s, 10, seed=0) for s in range(10, 20)])
+    assert sorted(second_epoch.tolist()) == list(range(100))
+    assert not np.array_equal(second_epoch, np.concatenate([windows.sample_indices(s, 10, seed=0) for s in range(10)]))
     # Out-of-order requests agree with in-order ones (the permutation cache is keyed correctly).
     assert np.array_equal(windows.sample_indices(2, 8, seed=0), first_epoch[16:24])
 

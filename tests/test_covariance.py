@@ -1,0 +1,180 @@
+"""Streamed covariance and eigenvalues (specscale.covariance) against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from specscale.covariance import (
+    CovarianceAccumulator,
+    accumulate_array,
+    covariance_of_array,
+    default_chunk_tokens,
+    eigenvalues,
+)
+from specscale.spectra import renyi_rank
+
+
+def _rel_err(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a - ref).max() / np.abs(ref).max())
+
+
+def _data(n: int, d: int, offset: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((d, d)) / np.sqrt(d)  # correlated dimensions, unequal variances
+    return rng.standard_normal((n, d)) @ mixing * rng.uniform(0.2, 3.0, d) + offset + rng.standard_normal(d)
+
+
+def _stream(x: np.ndarray, chunk: int, device: str | None = None) -> CovarianceAccumulator:
+    acc = CovarianceAccumulator(x.shape[1], device=device)
+    for i in range(0, x.shape[0], chunk):
+        acc.update(x[i : i + chunk])
+    return acc
+
+
+@pytest.mark.parametrize(
+    "n,d,chunk",
+    [(30, 80, 7), (5000, 20, 333), (4096, 64, 4096), (1000, 50, 1)],
+    ids=["N<D", "N>>D", "one-chunk", "row-by-row"],
+)
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_streamed_covariance_equals_np_cov(n: int, d: int, chunk: int, offset: float) -> None:
+    x = _data(n, d, offset)
+    acc = _stream(x, chunk)
+    assert acc.n == n
+    assert _rel_err(acc.covariance(), np.cov(x, rowvar=False)) < 1e-10
+    np.testing.assert_allclose(acc.mean, x.mean(axis=0), rtol=1e-13, atol=1e-12)
+    cov = acc.covariance()
+    np.testing.assert_array_equal(cov, cov.T)
+
+
+def test_large_offset_is_centred_stably() -> None:
+    # Mean 1e4, unit-scale spread: Σxxᵀ − Nμμᵀ loses ~8 digits here; the streamed result must not.
+    x = _data(3000, 40, 1e4, seed=3)
+    exact = np.cov(x, rowvar=False)  # numpy centres once with the global mean: accurate to ~1e-16
+    naive = (x.T @ x - x.shape[0] * np.outer(x.mean(0), x.mean(0))) / (x.shape[0] - 1)
+    assert _rel_err(naive, exact) > 1e-9  # the data really are hard for a one-pass sum of squares
+    assert _rel_err(_stream(x, 700).covariance(), exact) < 1e-12
+
+
+def test_normalisation_is_n_minus_one() -> None:
+    acc = CovarianceAccumulator(2)
+    acc.update(np.array([[0.0, 0.0]]))
+    acc.update(np.array([[2.0, -2.0]]))
+    # deviations ±1 and ∓1; Σ = [[2, −2], [−2, 2]], divided by N − 1 = 1
+    np.testing.assert_allclose(acc.covariance(), [[2.0, -2.0], [-2.0, 2.0]], rtol=1e-15)
+    np.testing.assert_allclose(acc.mean, [1.0, -1.0])
+    acc.update(np.array([1.0, -1.0]))  # a single 1-D row: adds no spread, N − 1 = 2
+    np.testing.assert_allclose(acc.covariance(), [[1.0, -1.0], [-1.0, 1.0]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_low_precision_chunks_accumulate_in_float64(dtype: type) -> None:
+    x = _data(2000, 24, 5.0).astype(dtype)
+    ref = np.cov(x.astype(np.float64), rowvar=False)
+    assert _rel_err(_stream(x, 300).covariance(), ref) < 1e-12
+    assert x.dtype == dtype  # the caller's array is untouched (no in-place centring of the input)
+
+
+def test_bf16_tensor_chunks_and_torch_path_match_numpy() -> None:
+    x = torch.from_numpy(_data(1500, 32, 10.0)).to(torch.bfloat16)
+    ref = np.cov(x.to(torch.float64).numpy(), rowvar=False)
+    before = x.clone()
+    numpy_path = _stream(x, 256)  # tensors into the numpy path
+    torch_path = _stream(x, 256, device="cpu")  # float64 torch accumulator (the CUDA code path, on the CPU)
+    assert _rel_err(numpy_path.covariance(), ref) < 1e-12
+    assert _rel_err(torch_path.covariance(), ref) < 1e-12
+    assert _rel_err(torch_path.covariance(), numpy_path.covariance()) < 1e-12
+    np.testing.assert_allclose(torch_path.mean, numpy_path.mean, rtol=1e-13)
+    assert torch.equal(x, before)
+    tensor_cov = torch_path.covariance_tensor()
+    assert tensor_cov.dtype == torch.float64 and tuple(tensor_cov.shape) == (32, 32)
+
+
+def test_torch_path_does_not_modify_float64_inputs() -> None:
+    x = _data(100, 8, 1.0)
+    copy = x.copy()
+    _stream(x, 30, device="cpu")
+    np.testing.assert_array_equal(x, copy)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_matches_numpy() -> None:
+    x = _data(6000, 256, 1e3).astype(np.float32)
+    gpu = _stream(x, 1024, device="cuda")
+    cpu = _stream(x, 1024)
+    assert _rel_err(gpu.covariance(), cpu.covariance()) < 1e-10
+    np.testing.assert_allclose(
+        eigenvalues(gpu.covariance_tensor()), eigenvalues(cpu.covariance()), rtol=1e-8, atol=1e-10
+    )
+
+
+def test_zarr_array_with_chunks_not_dividing_n(tmp_path) -> None:
+    x = _data(1003, 40, 1e3).astype(np.float32)
+    arr = zarr.create_array(store=str(tmp_path / "acts.zarr"), shape=x.shape, chunks=(64, 40), dtype="float32")
+    arr[:] = x
+    reopened = zarr.open_array(str(tmp_path / "acts.zarr"), mode="r")
+    ref = np.cov(x.astype(np.float64), rowvar=False)
+    for chunk_tokens in (100, 64, 1000, None):  # 100 → rounded to 64; 1003 = 15·64 + 43
+        acc = accumulate_array(reopened, chunk_tokens=chunk_tokens)
+        assert acc.n == 1003
+        assert _rel_err(acc.covariance(), ref) < 1e-10
+    assert _rel_err(covariance_of_array(reopened, 97, device="cpu"), ref) < 1e-10
+
+
+class _RowReader:
+    """Array-like that records the rows each read asks for: proves the stream never loads the whole array."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+        self.shape = data.shape
+        self.reads: list[int] = []
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        out = self._data[key]
+        self.reads.append(out.shape[0])
+        return out
+
+
+def test_array_is_streamed_in_row_chunks() -> None:
+    x = _data(1000, 16, 0.0)
+    reader = _RowReader(x)
+    cov = covariance_of_array(reader, chunk_tokens=128)
+    assert max(reader.reads) == 128 and sum(reader.reads) == 1000 and len(reader.reads) == 8
+    assert _rel_err(cov, np.cov(x, rowvar=False)) < 1e-10
+
+
+def test_default_chunk_bounds_memory() -> None:
+    # paper scale: ~64 MB of float64 rows per chunk; tiny D still gets long chunks
+    assert default_chunk_tokens(6144) * 6144 * 8 <= 64 * 2**20
+    assert default_chunk_tokens(6144) >= 1024
+    assert default_chunk_tokens(8) >= 256
+
+
+def test_eigenvalues_descending_clamped_and_correct() -> None:
+    x = _data(20, 50, 3.0)  # N < D: centred covariance has rank 19, the other 31 eigenvalues are round-off
+    cov = covariance_of_array(x, chunk_tokens=6)
+    eigs = eigenvalues(cov)
+    assert eigs.shape == (50,) and eigs.dtype == np.float64
+    assert np.all(np.diff(eigs) <= 0)
+    assert eigs.min() >= 1e-12
+    np.testing.assert_allclose(eigs[:19], np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1][:19], rtol=1e-9)
+    assert renyi_rank(eigs, 0.0) == pytest.approx(19.0)  # numerical rank N − 1
+    np.testing.assert_array_equal(eigenvalues(np.diag([-1.0, 2.0, 0.0])), [2.0, 1e-12, 1e-12])
+    np.testing.assert_allclose(eigenvalues(torch.from_numpy(cov), device="cpu"), eigs, rtol=1e-9, atol=1e-12)
+
+
+def test_invalid_use_raises() -> None:
+    acc = CovarianceAccumulator(3)
+    with pytest.raises(ValueError):
+        acc.covariance()  # fewer than 2 rows
+    with pytest.raises(ValueError):
+        acc.update(np.ones((4, 5)))
+    with pytest.raises(ValueError):
+        acc.update(np.array([[1.0, np.nan, 0.0]]))
+    assert acc.n == 0
+    with pytest.raises(ValueError):
+        CovarianceAccumulator(0)

@@ -1,0 +1,305 @@
+"""Factory: names, defaults, hparam validation, routing by role, scalar-optimizer updates, schedule hooks, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from specscale.optim import (
+    CombinedOptimizer,
+    Dion,
+    Lion,
+    Muon,
+    NorMuon,
+    build_optimizer,
+    default_hparams,
+    parse_optimizer_name,
+    roles_from_names,
+)
+
+VOCAB, D, HIDDEN, LAYERS = 32, 8, 16, 2
+ALL_NAMES = ["adamw", "muon", "normuon", "dion_1_2", "dion_1_16"]
+
+
+class _Attn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D, bias=False) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o(self.v(x) * torch.sigmoid(self.q(x) * self.k(x)))  # stand-in mixing, no real attention
+
+
+class _MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(D, HIDDEN, bias=False)  # (HIDDEN, D)
+        self.c_proj = nn.Linear(HIDDEN, D, bias=False)  # (D, HIDDEN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(torch.relu(self.c_fc(x)) ** 2)
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.mlp = _Attn(), _MLP()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+
+class TinyLM(nn.Module):
+    """The model's parameter names and layouts, plus one 1-D parameter ("other" role)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, D)
+        self.blocks = nn.ModuleList(_Block() for _ in range(LAYERS))
+        self.final_gain = nn.Parameter(torch.ones(D))
+        self.head = nn.Linear(D, VOCAB, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x * self.final_gain)
+
+
+def _model(seed: int = 0) -> TinyLM:
+    torch.manual_seed(seed)
+    return TinyLM()
+
+
+def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    idx = torch.randint(0, VOCAB, (4, 6), generator=gen)
+    return idx, torch.roll(idx, -1, dims=1)
+
+
+def _train(model: TinyLM, opt: CombinedOptimizer, steps: range) -> None:
+    for step in steps:
+        idx, tgt = _batch(step)
+        loss = nn.functional.cross_entropy(model(idx).flatten(0, 1), tgt.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def _build(model: TinyLM, name: str, **hp: object) -> CombinedOptimizer:
+    return build_optimizer(roles_from_names(model.named_parameters()), name, dict(hp), d_model=D)
+
+
+# --- names and hyperparameters ----------------------------------------------------------------------------------
+
+
+def test_parse_optimizer_name() -> None:
+    assert parse_optimizer_name("adamw") == ("adamw", None)
+    assert parse_optimizer_name("muon") == ("muon", None)
+    assert parse_optimizer_name("normuon") == ("normuon", None)
+    assert parse_optimizer_name("dion_1_2") == ("dion", 0.5)
+    assert parse_optimizer_name("dion_1_16") == ("dion", 0.0625)
+    assert parse_optimizer_name("dion_3_4") == ("dion", 0.75)
+    assert parse_optimizer_name("dion_1_1") == ("dion", 1.0)
+    for bad in ["dion", "dion_2_1", "dion_0_2", "dion_1_0", "dion_1_2x", "Muon", "sgd", "dion_1.5_2", ""]:
+        with pytest.raises(ValueError, match=r"valid forms: 'adamw', 'muon', 'normuon', or 'dion_<a>_<b>'"):
+            parse_optimizer_name(bad)
+
+
+def test_default_hparams_exact_and_json() -> None:
+    lion = {"lion_betas": [0.95, 0.98], "lion_weight_decay": 0.0, "embed_lr": 0.02, "head_lr": None, "other_lr": 0.02}
+    muon = {
+        "lr": 0.02,
+        "momentum": 0.95,
+        "nesterov": True,
+        "weight_decay": 0.01,
+        "scale_rule": "spectral",
+        "ns_steps": 5,
+        "ns_coeffs": "paper",
+        "ns_dtype": "float32",
+        "ns_eps": 1e-8,
+        **lion,
+    }
+    assert default_hparams("adamw") == {
+        "lr": 3e-3,
+        "betas": [0.9, 0.95],
+        "eps": 1e-8,
+        "weight_decay": 0.01,
+        "embed_lr": 3e-3,
+        "embed_weight_decay": 0.0,
+        "head_lr": 3e-3,
+        "head_weight_decay": 0.0,
+        "other_lr": 3e-3,
+        "other_weight_decay": 0.0,
+    }
+    assert default_hparams("muon") == muon
+    assert default_hparams("normuon") == {**muon, "beta2": 0.95, "eps": 1e-8}
+    assert default_hparams("dion_1_8") == {
+        "lr": 0.02,
+        "momentum": 0.95,
+        "weight_decay": 0.01,
+        "scale_rule": "spectral",
+        "rank_fraction": 0.125,
+        "eps": 1e-8,
+        "q_seed": 0,
+        **lion,
+    }
+    for name in ALL_NAMES:
+        hp = default_hparams(name)
+        assert json.loads(json.dumps(hp)) == hp
+    # Fresh copies: mutating one result must not leak into the next.
+    default_hparams("muon")["lion_betas"].append(1.0)
+    assert default_hparams("muon")["lion_betas"] == [0.95, 0.98]
+
+
+def test_hparam_errors() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match=r"unknown hyperparameter 'weight_decy'.*did you mean 'weight_decay'.*valid: \["):
+        _build(model, "muon", weight_decy=0.1)
+    with pytest.raises(ValueError, match="'nesterov'"):  # Dion has no Nesterov step: the key is not valid there
+        _build(model, "dion_1_2", nesterov=True)
+    with pytest.raises(ValueError, match="contradicts optimizer name 'dion_1_2'"):
+        _build(model, "dion_1_2", rank_fraction=0.25)
+    with pytest.raises(ValueError, match="scale_rule"):
+        _build(model, "muon", scale_rule="bogus")
+    roles = roles_from_names(model.named_parameters())
+    with pytest.raises(ValueError, match="unknown parameter roles"):
+        build_optimizer({**roles, "bias": []}, "muon", {}, D)
+    with pytest.raises(ValueError, match="listed twice"):
+        build_optimizer({**roles, "other": roles["other"] + roles["head"]}, "muon", {}, D)
+    with pytest.raises(ValueError, match="only optimizes 2-D"):
+        build_optimizer({"matrix": roles["other"]}, "muon", {}, D)
+
+
+# --- routing ------------------------------------------------------------------------------------------------------
+
+
+def test_roles_from_names() -> None:
+    roles = roles_from_names(_model().named_parameters())
+    names = {role: [n for n, _ in named] for role, named in roles.items()}
+    assert names["embed"] == ["embed.weight"]
+    assert names["head"] == ["head.weight"]
+    assert names["other"] == ["final_gain"]
+    assert names["matrix"] == [
+        f"blocks.{i}.{sub}.weight" for i in range(LAYERS) for sub in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.c_fc", "mlp.c_proj")
+    ]
+
+
+@pytest.mark.parametrize(("name", "cls"), [("muon", Muon), ("normuon", NorMuon), ("dion_1_2", Dion)])
+def test_matrix_optimizer_gets_only_block_matrices(name: str, cls: type) -> None:
+    model = _model()
+    opt = _build(model, name)
+    assert list(opt.optimizers) == [name, "lion"]
+    matrix_opt, lion = opt.optimizers[name], opt.optimizers["lion"]
+    assert type(matrix_opt) is cls and type(lion) is Lion
+    roles = roles_from_names(model.named_parameters())
+    assert [p for g in matrix_opt.param_groups for p in g["params"]] == [p for _, p in roles["matrix"]]
+    groups = {g["role"]: g for g in lion.param_groups}
+    assert [groups[r]["param_names"] for r in ("embed", "head", "other")] == [["embed.weight"], ["head.weight"], ["final_gain"]]
+    assert groups["embed"]["lr"] == 0.02
+    assert groups["head"]["lr"] == pytest.approx(0.02 / math.sqrt(D), rel=1e-15)
+    assert all(g["weight_decay"] == 0.0 and g["betas"] == (0.95, 0.98) for g in lion.param_groups)
+
+
+@pytest.mark.parametrize("name", ["muon", "normuon", "dion_1_2"])
+def test_embed_and_head_step_is_exactly_lion(name: str) -> None:
+    model = _model()
+    opt = _build(model, name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, opt, range(1))
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # Lion's first step from M = 0 with wd 0: W − lr·sign((1 − β₁)·G) = W − lr·sign(G).
+    for pname, lr in [("embed.weight", 0.02), ("head.weight", 0.02 / math.sqrt(D)), ("final_gain", 0.02)]:
+        p = dict(model.named_parameters())[pname]
+        assert torch.equal(p.detach(), before[pname] - lr * torch.sign(grads[pname])), pname
+        assert set(opt.state[p]) == {"exp_avg"}
+    for pname, p in model.named_parameters():
+        if pname.startswith("blocks."):
+            assert "exp_avg" not in opt.state[p] and set(opt.state[p]) & {"momentum_buffer", "M"}
+
+
+def test_adamw_routes_everything_to_adamw_with_role_hparams() -> None:
+    model, ref_model = _model(), _model()
+    opt = _build(model, "adamw")
+    assert list(opt.optimizers) == ["adamw"] and type(opt.optimizers["adamw"]) is torch.optim.AdamW
+    roles = roles_from_names(ref_model.named_parameters())
+    ref = torch.optim.AdamW(
+        [
+            {"params": [p for _, p in roles["matrix"]], "weight_decay": 0.01},
+            {"params": [p for _, p in roles["embed"] + roles["head"] + roles["other"]], "weight_decay": 0.0},
+        ],
+        lr=3e-3,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+    _train(model, opt, range(2))
+    _train(ref_model, CombinedOptimizer({"ref": ref}), range(2))
+    for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+# --- schedule hooks and zero_grad -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_param_groups_initial_lr_and_zero_lr_freezes(name: str) -> None:
+    model = _model()
+    opt = _build(model, name)
+    groups = opt.param_groups
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert all(g["initial_lr"] == g["lr"] for g in groups)
+    for g in groups:  # what a schedule does at the end of the linear decay
+        g["lr"] = g["initial_lr"] * 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    _train(model, opt, range(1))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    opt.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --- checkpoint / resume ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_resume_is_bit_for_bit(name: str) -> None:
+    straight = _model()
+    opt = _build(straight, name)
+    _train(straight, opt, range(10))
+
+    first = _model()
+    opt_first = _build(first, name)
+    _train(first, opt_first, range(5))
+    buf = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optim": opt_first.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf)
+
+    resumed = _model(seed=99)  # different init: everything must come from the checkpoint
+    opt_resumed = _build(resumed, name)
+    resumed.load_state_dict(ckpt["model"])
+    opt_resumed.load_state_dict(ckpt["optim"])
+    _train(resumed, opt_resumed, range(5, 10))
+    for (n, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), f"{name}: {n}"
+
+
+def test_load_state_dict_rejects_other_routing() -> None:
+    model = _model()
+    saved = _build(model, "muon").state_dict()
+    with pytest.raises(ValueError, match="holds optimizers"):
+        _build(model, "dion_1_2").load_state_dict(saved)
+    roles = roles_from_names(model.named_parameters())
+    swapped = build_optimizer(
+        {"matrix": roles["matrix"], "embed": roles["head"], "head": roles["embed"], "other": roles["other"]},
+        "muon",
+        {},
+        D,
+    )
+    with pytest.raises(ValueError, match="parameter names"):
+        swapped.load_state_dict(saved)
