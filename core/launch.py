@@ -209,7 +209,7 @@ class Launcher:
             else:
                 queue.append(task)
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.cfg.cluster == "debug":
+        if self.cfg.cluster == "debug" or (self.cfg.cluster == "local" and self.stage in self.cfg.inline_stages):
             self._run_debug(queue, report)
             queue = []
         elif self.cfg.cluster == "slurm" and queue:

@@ -111,6 +111,9 @@ class LauncherSpec:
     max_parallel: int = 1  # local: runs at once (2 cores: one run using all cores is fastest)
     timeout_min: int = 1440
     poll_seconds: float = 2.0
+    # local only: stages run inside the launcher process instead of one subprocess per run. For light stages the
+    # ~4 s of interpreter and torch start-up per subprocess costs more than the work at CPU scale.
+    inline_stages: List[str] = field(default_factory=lambda: ["activations", "spectra"])
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
