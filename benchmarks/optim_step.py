@@ -102,7 +102,7 @@ def main() -> None:
     names = ["adamw"] + [n for n in args.names if n != "adamw"]  # the baseline is always measured
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {args.preset}: d_model {d}, {layers} layers, vocab {args.vocab}, ns_dtype {args.ns_dtype}, {where}")
-    print(f"# best of {args.repeats} interleaved steps after {args.warmup} warm-up; 'x' = ratio to AdamW's step at that width")
+    print(f"# best of {args.repeats} interleaved steps after {args.warmup} warm-up; 'x' = ratio to AdamW at that width")
     header = f"{'width':>5} {'adamw ms':>9} " + " ".join(f"{n:>16}" for n in names[1:])
     print(header)
     for k in args.widths:

@@ -29,23 +29,24 @@ from scipy.linalg import blas
 
 from specscale.spectra import EIG_FLOOR
 
-# Rows per chunk when the caller gives none: ~64 MB of float64 per chunk (1365 rows at D = 6144, 8192 at D = 1024).
-# ≥ a few hundred rows keeps dsyrk at full speed (its inner dimension is the chunk length); the cap bounds memory.
-_DEFAULT_CHUNK_BYTES = 64 * 2**20
-_MIN_CHUNK_ROWS = 256
+# Rows per chunk when the caller gives none: ~16 MB of float64 rows, clamped to [512, 4096] rows. Measured on a
+# 2-core AVX-512 machine (benchmarks/spectra_throughput.py): the per-chunk passes (convert, centre) run at cache
+# speed while the chunk is small, but each dsyrk call also streams the whole D×D accumulator (300 MB at D = 6144),
+# so fewer than ~512 rows per call loses to that traffic; 512 rows at D = 6144 and 1024 at D = 2048 reach 0.9-1.0×
+# the speed of one bare XᵀX.
+_DEFAULT_CHUNK_BYTES = 16 * 2**20
+_MIN_CHUNK_ROWS = 512
+_MAX_CHUNK_ROWS = 4096
 
 
 def default_chunk_tokens(dim: int) -> int:
-    """Chunk length (rows) used when none is given: about 64 MB of float64 rows, at least 256."""
-    return max(_MIN_CHUNK_ROWS, _DEFAULT_CHUNK_BYTES // (8 * max(int(dim), 1)))
+    """Chunk length (rows) used when none is given: ~16 MB of float64 rows, between 512 and 4096."""
+    return int(min(_MAX_CHUNK_ROWS, max(_MIN_CHUNK_ROWS, _DEFAULT_CHUNK_BYTES // (8 * max(int(dim), 1)))))
 
 
-def _as_numpy_f64(chunk: Any) -> np.ndarray:
-    """Any (n, D) float array or tensor (fp16, bf16, fp32, fp64) → C-contiguous float64 numpy copy."""
-    if isinstance(chunk, torch.Tensor):
-        return chunk.detach().to(device="cpu", dtype=torch.float64).numpy()
-    # np.array always copies, so the caller's buffer is never modified by the in-place centring below.
-    return np.array(chunk, dtype=np.float64, order="C")
+def _as_numpy_f64(chunk: torch.Tensor) -> np.ndarray:
+    """A tensor of any float dtype (bf16 included, which numpy lacks) → float64 numpy array on the host."""
+    return chunk.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
 class CovarianceAccumulator:
@@ -85,63 +86,65 @@ class CovarianceAccumulator:
         return mean.copy()
 
     def update(self, chunk: Any) -> None:
-        """Add rows: ``chunk`` is (n, D) (or (D,) for one row), numpy array or torch tensor, any float dtype."""
+        """Add rows: ``chunk`` is (n, D) (or (D,) for one row), numpy array or torch tensor, any float dtype.
+
+        The caller's data are never modified. Work per chunk: n·D² flops in one rank-(n+1) update of M2, and three
+        O(n·D) passes (chunk mean, conversion and centring into a new float64 array, residual mean); no O(D²) pass,
+        which at D = 6144 would stream the 300 MB accumulator once more per chunk.
+        """
         if self.device is None:
-            x = _as_numpy_f64(chunk)
+            src = _as_numpy_f64(chunk) if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
         else:
-            source = torch.as_tensor(chunk)  # shares memory with a numpy input
-            x = source.to(device=self.device, dtype=torch.float64)
-            if x.data_ptr() == source.data_ptr():
-                x = x.clone()  # already float64 on this device: copy so the in-place centring spares the caller
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected rows of shape (n, {self.dim}), got {tuple(x.shape)}")
-        n_b = int(x.shape[0])
+            src = torch.as_tensor(chunk)
+        if src.ndim == 1:
+            src = src.reshape(1, -1)
+        if src.ndim != 2 or src.shape[1] != self.dim:
+            raise ValueError(f"expected rows of shape (n, {self.dim}), got {tuple(src.shape)}")
+        n_b = int(src.shape[0])
         if n_b == 0:
             return
-        # Chunk mean by the corrected two-pass method: numpy/torch sum axis 0 row by row (error ~ n·eps·|offset|);
-        # the mean of the residual after subtracting it removes that error, so δ below stays accurate for a large
-        # common offset. x − raw_mean is exact there (Sterbenz). Four passes over the chunk, all O(n·D).
-        raw_mean = x.mean(0)
-        # A NaN or inf anywhere in a column makes its mean non-finite: one O(D) check instead of an O(n·D) pass.
-        finite = np.all(np.isfinite(raw_mean)) if isinstance(x, np.ndarray) else bool(torch.isfinite(raw_mean).all())
+        # y holds the centred chunk in rows 0..n_b−1 and the merge term √w·δ in row n_b, so that one symmetric
+        # rank-k update adds M2_b + w δδᵀ.
+        if self.device is None:
+            raw_mean = src.mean(axis=0, dtype=np.float64)  # summed in float64 straight from fp16/fp32 storage
+            finite = bool(np.all(np.isfinite(raw_mean)))
+            y = np.empty((n_b + 1, self.dim), dtype=np.float64)
+            if finite:
+                np.subtract(src, raw_mean, out=y[:n_b], dtype=np.float64)  # convert and centre in one pass
+        else:
+            y = torch.empty((n_b + 1, self.dim), dtype=torch.float64, device=self.device)
+            y[:n_b] = src  # converts dtype and device; never aliases the caller's data
+            raw_mean = y[:n_b].mean(dim=0)
+            finite = bool(torch.isfinite(raw_mean).all())
+            if finite:
+                y[:n_b] -= raw_mean
+        # A NaN or inf anywhere in a column makes its mean non-finite: an O(D) check instead of an O(n·D) pass.
         if not finite:
             raise ValueError("chunk contains NaN or inf")
         if self._shift is None:
             # Everything is kept relative to K = the first chunk's mean, so the running mean and δ are small
             # numbers with full relative precision however large the offset.
             self._shift = raw_mean.copy() if isinstance(raw_mean, np.ndarray) else raw_mean.clone()
-        x -= raw_mean
-        residual = x.mean(0)
-        x -= residual
+        # The axis-0 sum runs row by row, so raw_mean is off by e ≲ n·eps·|offset|; the residual r = mean(y)
+        # recovers it (corrected two-pass mean) and goes into the chunk mean, keeping δ accurate for any offset.
+        # yᵀy then exceeds the centred Gram matrix by n·r rᵀ, of relative size (e/σ)² ≈ 1e-20: not worth a pass.
+        # y − raw_mean itself is exact for a large offset (Sterbenz).
+        residual = y[:n_b].mean(0)
         mu_b = (raw_mean - self._shift) + residual  # chunk mean relative to K; (D,)
+        n_a, n = self._n, self._n + n_b
+        delta = mu_b - self._mean
+        y[n_b] = delta * (n_a * n_b / n) ** 0.5  # zero for the first chunk
         if self.device is None:
-            self._update_numpy(x, mu_b, n_b)
+            # y is C-contiguous (n_b+1, D), so y.T is an F-contiguous (D, n_b+1) view: dsyrk(trans=0) adds yᵀy to
+            # the upper triangle of M2 in place, without a copy or a D×D temporary.
+            m2 = blas.dsyrk(1.0, y.T, beta=1.0, c=self._m2, trans=0, lower=0, overwrite_c=1)
+            if not np.shares_memory(m2, self._m2):  # the BLAS wrapper copies only if the layout was wrong
+                self._m2 = m2
         else:
-            self._update_torch(x, mu_b, n_b)
-        self._n += n_b
-
-    def _update_numpy(self, x: np.ndarray, mu_b: np.ndarray, n_b: int) -> None:
-        # x: centred chunk (n_b, D), C-contiguous, so x.T is an F-contiguous (D, n_b) view and dsyrk(trans=0) forms
-        # xᵀx into the upper triangle of M2 in place, without a copy or a D×D temporary.
-        m2 = blas.dsyrk(1.0, x.T, beta=1.0, c=self._m2, trans=0, lower=0, overwrite_c=1)
-        n_a, n = self._n, self._n + n_b
-        delta = mu_b - self._mean
-        if n_a > 0:
-            m2 = blas.dsyr(n_a * n_b / n, delta, lower=0, a=m2, overwrite_a=1)
-        if not np.shares_memory(m2, self._m2):  # the BLAS wrappers copy only if the layout was wrong
-            self._m2 = m2
+            # Full GEMM (torch has no syrk); on a GPU the factor 2 in flops is cheaper than a triangular kernel.
+            self._m2.addmm_(y.T, y)
         self._mean += delta * (n_b / n)
-
-    def _update_torch(self, x: torch.Tensor, mu_b: torch.Tensor, n_b: int) -> None:
-        # Full GEMM (torch has no syrk); on a GPU the factor 2 in flops is cheaper than a triangular kernel.
-        self._m2.addmm_(x.T, x)
-        n_a, n = self._n, self._n + n_b
-        delta = mu_b - self._mean
-        if n_a > 0:
-            self._m2.addr_(delta, delta, alpha=n_a * n_b / n)
-        self._mean += delta * (n_b / n)
+        self._n = n
 
     def _check_enough(self) -> None:
         if self._n < 2:
@@ -152,12 +155,7 @@ class CovarianceAccumulator:
         self._check_enough()
         if self.device is not None:
             return self.covariance_tensor().cpu().numpy()
-        upper = self._m2
-        # Only the upper triangle is maintained: mirror it (U + Uᵀ counts the diagonal twice).
-        cov = upper + upper.T
-        cov[np.diag_indices(self.dim)] -= np.diagonal(upper)
-        cov /= self._n - 1
-        return cov
+        return _mirror_upper(self._m2, 1.0 / (self._n - 1))
 
     def covariance_tensor(self) -> torch.Tensor:
         """Centred covariance as a float64 tensor on the accumulator's device (no host copy on a GPU)."""
@@ -166,6 +164,24 @@ class CovarianceAccumulator:
             return torch.from_numpy(self.covariance())
         cov = self._m2 / (self._n - 1)
         return 0.5 * (cov + cov.T)  # GEMM round-off can leave it asymmetric in the last bit
+
+
+def _mirror_upper(upper: np.ndarray, scale: float, block: int = 128) -> np.ndarray:
+    """scale · (the symmetric matrix whose upper triangle ``upper`` holds), as a new C-contiguous array.
+
+    ``upper`` is F-ordered (dsyrk's layout). Copying the triangle block by block keeps each transposed read in
+    cache: ~4× faster than U + Uᵀ at D = 2048, where that strided transpose cost ~10% of the whole accumulation.
+    """
+    out = upper * scale  # F-ordered copy, upper triangle valid
+    dim = out.shape[0]
+    for j0 in range(0, dim, block):
+        j1 = min(j0 + block, dim)
+        diag = out[j0:j1, j0:j1]
+        out[j0:j1, j0:j1] = np.triu(diag) + np.triu(diag, 1).T
+        for i0 in range(j1, dim, block):
+            i1 = min(i0 + block, dim)
+            out[i0:i1, j0:j1] = out[j0:j1, i0:i1].T
+    return out.T  # symmetric, so the transpose is the same matrix, and C-contiguous
 
 
 def eigenvalues(cov: np.ndarray | torch.Tensor, device: str | torch.device | None = None) -> np.ndarray:
@@ -193,8 +209,10 @@ def accumulate_array(
 ) -> CovarianceAccumulator:
     """Stream an (N, D) array-like (numpy, zarr.Array, memmap) through a CovarianceAccumulator in row chunks.
 
-    Only one chunk is in memory at a time (``array[i:j]`` reads rows i..j). For a zarr array the chunk length is
-    rounded to a multiple of its row-chunk length so no stored chunk is decoded twice.
+    Only one block is in memory at a time (``array[i:j]`` reads rows i..j), plus its float64 copy of at most
+    ``chunk_tokens`` rows. For a zarr array, reads are aligned to its stored row chunks (so no stored chunk is
+    decoded twice): a block is the largest whole number of stored chunks within ``chunk_tokens`` rows, or one stored
+    chunk, fed to the accumulator ``chunk_tokens`` rows at a time, when a stored chunk is longer than that.
     """
     if len(array.shape) != 2:
         raise ValueError(f"expected an (N, D) array, got shape {tuple(array.shape)}")
@@ -202,13 +220,16 @@ def accumulate_array(
     step = int(chunk_tokens) if chunk_tokens is not None else default_chunk_tokens(dim)
     if step < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    stored_rows = getattr(array, "chunks", None)
-    if isinstance(stored_rows, tuple) and stored_rows and int(stored_rows[0]) > 0:
-        rows = int(stored_rows[0])
-        step = max(rows, (step // rows) * rows)
+    read_rows = step
+    stored = getattr(array, "chunks", None)
+    if isinstance(stored, tuple) and stored and int(stored[0]) > 0:
+        rows = int(stored[0])
+        read_rows = rows * max(1, step // rows)
     acc = CovarianceAccumulator(dim, device=device)
-    for start in range(0, n_rows, step):
-        acc.update(array[start : min(start + step, n_rows)])
+    for start in range(0, n_rows, read_rows):
+        block = array[start : min(start + read_rows, n_rows)]  # storage dtype (fp16/fp32), not yet float64
+        for sub in range(0, block.shape[0], step):
+            acc.update(block[sub : sub + step])
     return acc
 
 

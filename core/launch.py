@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import submitit
+from submitit.helpers import Checkpointable
 
 from specscale.cache import RunStore, read_json, write_json
+from specscale.slurm import ENDED, QUEUE, QUEUED_STATES
 
 LOCAL_CONTROLLER_MARK = b"submitit.local._local"
 
@@ -58,6 +60,16 @@ def run_task(stage: str, key: str, project_root: str) -> str:
     return key
 
 
+class RunTask(Checkpointable):
+    """`run_task` as a SLURM job that survives its time limit or preemption: on submitit's signal (USR2, sent
+    before the limit or at preemption) `checkpoint()` (inherited) returns a DelayedSubmission of this same call and
+    submitit requeues the job under the same id. Nothing needs saving here: the run's state lives in its work dir
+    (training resumes from resume.pt), so the requeued call simply starts the run again and picks it up."""
+
+    def __call__(self, stage: str, key: str, project_root: str) -> str:
+        return run_task(stage, key, project_root)
+
+
 def _pid_alive_controller(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -67,7 +79,8 @@ def _pid_alive_controller(pid: int) -> bool:
 
 
 class _Attached:
-    """A job submitted by an earlier launcher process: watched until it ends, never resubmitted."""
+    """A job known by its record: one submitted by an earlier launcher process (watched until it ends, never
+    resubmitted), or any SLURM job (watched through squeue: submitit's own watcher needs sacct, see slurm.py)."""
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
@@ -75,12 +88,19 @@ class _Attached:
         folder = Path(record["folder"])
         self.stdout = folder / f"{self.job_id}_0_log.out"
         self.stderr = folder / f"{self.job_id}_0_log.err"
-        self._slurm = submitit.SlurmJob(folder, self.job_id) if record["cluster"] == "slurm" else None
+        self._slurm = record["cluster"] == "slurm"
+
+    def phase(self) -> str:
+        """queued | running | ended. A SLURM job whose state cannot be read (squeue down) counts as running."""
+        if self._slurm:
+            state = QUEUE.state(self.job_id)
+            if state == ENDED:
+                return "ended"
+            return "queued" if state in QUEUED_STATES else "running"
+        return "running" if _pid_alive_controller(int(self.job_id)) else "ended"
 
     def alive(self) -> bool:
-        if self._slurm is not None:
-            return self._slurm.state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED")
-        return _pid_alive_controller(int(self.job_id))
+        return self.phase() != "ended"
 
     def done(self) -> bool:
         return not self.alive()
@@ -129,7 +149,8 @@ def make_executor(launcher: Any, folder: Path, stage: str) -> submitit.Executor:
         params.update(
             slurm_partition=launcher.partition,
             slurm_array_parallelism=int(launcher.array_parallelism),
-            gpus_per_node=int(launcher.gpus_per_node),
+            # no --gpus-per-node=0 on CPU jobs: clusters without GPU gres may reject any gres request
+            gpus_per_node=int(launcher.gpus_per_node) or None,
             nodes=int(launcher.nodes),
             tasks_per_node=1,
             cpus_per_task=int(launcher.cpus_per_task),
@@ -158,7 +179,7 @@ class Launcher:
         self.stage = stage
         self.store = store
         self.cfg = launcher
-        self.echo = echo or (lambda msg: print(msg, flush=True))
+        self.echo = echo if echo is not None else (lambda msg: print(msg, flush=True))
         self.jobs_path = store.root / ".jobs" / f"{stage}.json"
         self.folder = store.root / ".submitit" / stage
 
@@ -185,14 +206,16 @@ class Launcher:
         with StageLock(self.jobs_path.with_suffix(".lock")):
             missing = []
             for task in tasks:
-                (report.cached if self.store.is_done(self.stage, task.key) else missing).append(task)
-            cached_keys = [t.key for t in report.cached]
+                if self.store.is_done(self.stage, task.key):
+                    report.cached.append(task.key)
+                else:
+                    missing.append(task)
             self.echo(f"[{self.stage}] {len(tasks)} runs: {len(report.cached)} cached, {len(missing)} to compute")
             if missing:
                 for task in missing:
                     self.store.begin(self.stage, task.key, task.spec)
                 self._execute(missing, report)
-            self._forget(cached_keys + report.computed)
+            self._forget(report.cached + report.computed)
         self._summarise(report)
         return report
 
@@ -235,12 +258,15 @@ class Launcher:
     def _submit_array(self, queue: list[Task]) -> list[_Handle]:
         executor = make_executor(self.cfg, self.folder, self.stage)
         root = str(self.store.project_root)
-        jobs = executor.map_array(run_task, [self.stage] * len(queue), [t.key for t in queue], [root] * len(queue))
+        jobs = executor.map_array(RunTask(), [self.stage] * len(queue), [t.key for t in queue], [root] * len(queue))
         now = time.time()
         for task, job in zip(queue, jobs):
             self._record(task.key, job)
-        self.echo(f"[{self.stage}] submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks")
-        return [_Handle(t, j, now) for t, j in zip(queue, jobs)]
+        self.echo(f"[{self.stage}] submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks "
+                  f"(logs: {self.folder})")
+        records = self._records()
+        # watched through their records (squeue), exactly as a restarted launcher would re-attach to them
+        return [_Handle(t, _Attached(records[t.key]), now) for t in queue]
 
     def _submit_local(self, task: Task) -> _Handle:
         executor = make_executor(self.cfg, self.folder, self.stage)

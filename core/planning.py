@@ -83,7 +83,7 @@ def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu:
 
 
 def run_state(store: RunStore, stage: str, key: str, records: dict[str, Any]) -> tuple[str, str]:
-    """(state, detail): cached | running/queued (job id) | failed (log) | partial (resumable) | missing."""
+    """(state, detail): cached | queued/running (job id, log) | failed (log) | partial (resumable) | missing."""
     if store.is_done(stage, key):
         return "cached", ""
     record = records.get(key)
@@ -91,8 +91,9 @@ def run_state(store: RunStore, stage: str, key: str, records: dict[str, Any]) ->
         from specscale.launch import _Attached
 
         job = _Attached(record)
-        if job.alive():
-            return "running", f"job {job.job_id}"
+        phase = job.phase()  # a SLURM job waiting for resources (or requeued after preemption) is `queued`
+        if phase != "ended":
+            return phase, f"job {job.job_id} log {job.stderr}"
         return "failed", str(job.stderr)
     work = store.work_dir(stage, key)
     if (work / "error.log").exists():

@@ -207,6 +207,10 @@ def load_study(params_path: Path | str = "params.yaml", preset: str | None = Non
         raise SpecError(f"{params_path}: key 'preset': no preset '{preset}' (known: {', '.join(names)})")
     cfg = _merge_file(base, preset_path, drop=("preset",))
     if params_path.exists():
+        raw = yaml.safe_load(params_path.read_text()) or {}
+        if isinstance(raw, dict) and "ablations" in raw:
+            # params.yaml's ablations are the whole set of arms (so `ablations: {}` drops the preset's), not a merge
+            cfg.ablations = {}
         cfg = _merge_file(cfg, params_path)
     cfg.preset = preset
     validate(cfg, params_path)

@@ -158,7 +158,7 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
         trainer.optimizer.load_state_dict(state["optimizer"])
         start_step, initial_loss = state["step"], state["initial_loss"]
         print(f"resumed from step {start_step}", flush=True)
-        _truncate_log(log_path, start_step)
+    _truncate_log(log_path, start_step)  # also without resume state: a run killed before its first resume point
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
     t0, last_print, tokens_done = time.time(), time.time(), 0
     step = start_step

@@ -9,6 +9,7 @@ from pathlib import Path
 from specscale.cache import RunStore
 from specscale.launch import Launcher, LaunchReport, Task
 from specscale.plan import StudyPlan, make_plan
+from specscale.remote import RemoteError, restore_runs
 from specscale.spec import load_study
 
 
@@ -27,6 +28,7 @@ def load_plan(params: str | Path | None = None) -> tuple[StudyPlan, RunStore]:
 def run_in_process(stage: str, plan: StudyPlan, store: RunStore) -> LaunchReport:
     """Single-run stages (tokenize, buckets) run in this process through the same debug path as tests."""
     run = plan.stage_runs(stage)[0]
+    restore_from_remote(stage, [run.key], store)
     launcher = plan.study.launcher.copy()
     launcher.cluster = "debug"
     return Launcher(stage, store, launcher).run([Task(run.key, run.label, run.spec)])
@@ -34,8 +36,18 @@ def run_in_process(stage: str, plan: StudyPlan, store: RunStore) -> LaunchReport
 
 def run_fan_out(stage: str, plan: StudyPlan, store: RunStore, only: set[str] | None = None) -> LaunchReport:
     runs = [r for r in plan.stage_runs(stage) if only is None or r.key in only]
+    restore_from_remote(stage, [r.key for r in runs], store)
     tasks = [Task(r.key, r.label, r.spec) for r in runs]
     return Launcher(stage, store, plan.study.launcher).run(tasks)
+
+
+def restore_from_remote(stage: str, keys: list[str], store: RunStore) -> None:
+    """Pull the runs a colleague already pushed before deciding what to compute: DVC's run cache does not restore
+    persistent outputs (remote.py). A no-op without a default remote or when every run is here."""
+    try:
+        restore_runs(store, stage, keys)
+    except RemoteError as err:
+        sys.exit(f"[{stage}] {err}")
 
 
 def input_dir(store: RunStore, stage: str, key: str) -> Path:

@@ -118,7 +118,8 @@ def test_zarr_array_with_chunks_not_dividing_n(tmp_path) -> None:
     arr[:] = x
     reopened = zarr.open_array(str(tmp_path / "acts.zarr"), mode="r")
     ref = np.cov(x.astype(np.float64), rowvar=False)
-    for chunk_tokens in (100, 64, 1000, None):  # 100 → rounded to 64; 1003 = 15·64 + 43
+    # 1003 = 15·64 + 43; 100 → reads of 64 rows; 30 → one stored chunk per read, fed as 30 + 30 + 4 rows
+    for chunk_tokens in (100, 64, 30, 1000, None):
         acc = accumulate_array(reopened, chunk_tokens=chunk_tokens)
         assert acc.n == 1003
         assert _rel_err(acc.covariance(), ref) < 1e-10
@@ -128,10 +129,12 @@ def test_zarr_array_with_chunks_not_dividing_n(tmp_path) -> None:
 class _RowReader:
     """Array-like that records the rows each read asks for: proves the stream never loads the whole array."""
 
-    def __init__(self, data: np.ndarray) -> None:
+    def __init__(self, data: np.ndarray, chunks: tuple[int, int] | None = None) -> None:
         self._data = data
         self.shape = data.shape
         self.reads: list[int] = []
+        if chunks is not None:
+            self.chunks = chunks  # like zarr.Array.chunks: the stored chunk shape
 
     def __getitem__(self, key: slice) -> np.ndarray:
         out = self._data[key]
@@ -147,11 +150,22 @@ def test_array_is_streamed_in_row_chunks() -> None:
     assert _rel_err(cov, np.cov(x, rowvar=False)) < 1e-10
 
 
+@pytest.mark.parametrize("chunk_tokens,expected_reads", [(30, [64] * 15 + [40]), (200, [192] * 5 + [40])])
+def test_reads_align_to_stored_chunks(chunk_tokens: int, expected_reads: list[int]) -> None:
+    x = _data(1000, 16, 2.0)
+    reader = _RowReader(x, chunks=(64, 16))
+    acc = accumulate_array(reader, chunk_tokens=chunk_tokens)
+    assert reader.reads == expected_reads  # whole stored chunks per read, 1000 = 15·64 + 40
+    assert acc.n == 1000
+    assert _rel_err(acc.covariance(), np.cov(x, rowvar=False)) < 1e-10
+
+
 def test_default_chunk_bounds_memory() -> None:
-    # paper scale: ~64 MB of float64 rows per chunk; tiny D still gets long chunks
-    assert default_chunk_tokens(6144) * 6144 * 8 <= 64 * 2**20
-    assert default_chunk_tokens(6144) >= 1024
-    assert default_chunk_tokens(8) >= 256
+    # paper scale D = 6144: 512 rows = 25 MB of float64; small D gets longer chunks, never more than 4096 rows
+    assert default_chunk_tokens(6144) == 512
+    assert default_chunk_tokens(2048) == 1024
+    assert default_chunk_tokens(8) == 4096
+    assert all(512 <= default_chunk_tokens(d) <= 4096 for d in (1, 100, 768, 3072, 65536))
 
 
 def test_eigenvalues_descending_clamped_and_correct() -> None:

@@ -160,7 +160,8 @@ def test_default_hparams_exact_and_json() -> None:
 
 def test_hparam_errors() -> None:
     model = _model()
-    with pytest.raises(ValueError, match=r"unknown hyperparameter 'weight_decy'.*did you mean 'weight_decay'.*valid: \["):
+    did_you_mean = r"unknown hyperparameter 'weight_decy'.*did you mean 'weight_decay'.*valid: \["
+    with pytest.raises(ValueError, match=did_you_mean):
         _build(model, "muon", weight_decy=0.1)
     with pytest.raises(ValueError, match="'nesterov'"):  # Dion has no Nesterov step: the key is not valid there
         _build(model, "dion_1_2", nesterov=True)
@@ -187,7 +188,9 @@ def test_roles_from_names() -> None:
     assert names["head"] == ["head.weight"]
     assert names["other"] == ["final_gain"]
     assert names["matrix"] == [
-        f"blocks.{i}.{sub}.weight" for i in range(LAYERS) for sub in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.c_fc", "mlp.c_proj")
+        f"blocks.{i}.{sub}.weight"
+        for i in range(LAYERS)
+        for sub in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.c_fc", "mlp.c_proj")
     ]
 
 
@@ -201,7 +204,8 @@ def test_matrix_optimizer_gets_only_block_matrices(name: str, cls: type) -> None
     roles = roles_from_names(model.named_parameters())
     assert [p for g in matrix_opt.param_groups for p in g["params"]] == [p for _, p in roles["matrix"]]
     groups = {g["role"]: g for g in lion.param_groups}
-    assert [groups[r]["param_names"] for r in ("embed", "head", "other")] == [["embed.weight"], ["head.weight"], ["final_gain"]]
+    names = [groups[r]["param_names"] for r in ("embed", "head", "other")]
+    assert names == [["embed.weight"], ["head.weight"], ["final_gain"]]
     assert groups["embed"]["lr"] == 0.02
     assert groups["head"]["lr"] == pytest.approx(0.02 / math.sqrt(D), rel=1e-15)
     assert all(g["weight_decay"] == 0.0 and g["betas"] == (0.95, 0.98) for g in lion.param_groups)

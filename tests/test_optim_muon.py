@@ -89,6 +89,23 @@ def test_unknown_scale_rule_and_non_matrix_params_rejected() -> None:
             cls([nn.Parameter(torch.ones(3))])
 
 
+def test_constructor_validation_and_bf16_ns() -> None:
+    with pytest.raises(ValueError, match="beta2"):
+        NorMuon([_param(W0)], beta2=1.0)
+    with pytest.raises(TypeError):
+        Muon([_param(W0)], beta2=0.9)  # a NorMuon-only argument is not silently accepted by Muon
+    with pytest.raises(ValueError, match="momentum"):
+        Muon([_param(W0)], momentum=1.0)
+    # bf16 Newton-Schulz (the GPU setting) stays within bf16 rounding of the fp32 step; state dicts keep plain names.
+    p32, p16 = _param(W0), _param(W0)
+    opt16 = Muon([p16], lr=LR, ns_dtype=torch.bfloat16)
+    assert opt16.param_groups[0]["ns_dtype"] == "bfloat16"
+    _step(Muon([p32], lr=LR), p32, G1)
+    _step(opt16, p16, G1)
+    assert p16.dtype == torch.float32
+    torch.testing.assert_close(p16.data, p32.data, atol=LR * 0.02, rtol=0)
+
+
 @pytest.mark.parametrize("make", [Muon, NorMuon, Dion, Lion])
 def test_gradient_is_not_modified(make: type) -> None:
     p = _param(W0)

@@ -20,23 +20,34 @@ from specscale.sweep import expand_sweep
 def test_preset_then_params_then_defaults(tmp_path: Path) -> None:
     params = make_project(tmp_path, "preset: smoke\nmodel: {n_layers: 3}\ntrain: {steps: 7}\ndata: {}\n"
                                     "sweep: {widths: [5]}\nlauncher: {max_parallel: 3}\n")
+    import yaml
+
+    from specscale.spec import StudySpec
+
+    smoke = yaml.safe_load((tmp_path / "specs" / "smoke.yaml").read_text())
+    defaults = OmegaConf.structured(StudySpec)
     study = load_study(params)
     assert study.preset == "smoke"
     assert study.model.n_layers == 3  # params
     assert study.train.steps == 7  # params
-    assert study.model.d_model == 32 and study.model.n_heads == 2  # preset (defaults: 64, 4)
-    assert study.train.batch_size == 8 and study.train.seq_len == 64  # preset, sibling of an overridden key
-    assert study.data.vocab_size == 512 and study.data.max_bytes == 1_500_000  # preset kept under `data: {}`
-    assert study.model.rope_base == 10000.0 and study.model.pos_encoding == "rope"  # dataclass defaults
+    for section, key in (("model", "d_model"), ("model", "n_heads"), ("train", "batch_size"), ("train", "seq_len"),
+                         ("data", "vocab_size"), ("data", "max_bytes")):
+        assert smoke[section][key] != defaults[section][key]  # the preset sets it ...
+        assert study[section][key] == smoke[section][key], (section, key)  # ... and params left it alone
+    assert "rope_base" not in smoke["model"] and study.model.rope_base == 10000.0  # dataclass default
     assert list(study.sweep.widths) == [5]  # a list in params replaces the preset's list
-    assert list(study.sweep.optimizers) == ["adamw", "muon"]  # preset
+    assert list(study.sweep.optimizers) == smoke["sweep"]["optimizers"]  # preset
     assert study.launcher.max_parallel == 3
     assert study.probe.alphas[-1] == float("inf")  # preset's `.inf` survives
 
 
 def test_preset_argument_overrides_params_preset(tmp_path: Path) -> None:
     params = make_project(tmp_path, "preset: smoke\n")
-    assert load_study(params, preset="tiny").model.d_model == 64
+    import yaml
+
+    tiny = yaml.safe_load((tmp_path / "specs" / "tiny.yaml").read_text())
+    study = load_study(params, preset="tiny")
+    assert study.preset == "tiny" and study.train.steps == tiny["train"]["steps"] != 40
     assert load_study(params).model.d_model == 32
 
 
@@ -44,7 +55,7 @@ def test_real_params_yaml_loads() -> None:
     from helpers import REPO
 
     study = load_study(REPO / "params.yaml")
-    assert study.preset == "tiny"
+    assert (REPO / "specs" / f"{study.preset}.yaml").exists()
     assert len(expand_sweep(study)) > 0
 
 
@@ -96,32 +107,35 @@ def test_string_in_a_varied_number(tmp_path: Path) -> None:
     assert "'ablations.a.vary.train.steps'" in msg and "'many'" in msg
 
 
+TINY = "preset: tiny\nmodel: {d_model: 64, n_heads: 4}\n"
+
+
 def test_heads_not_dividing_d_model(tmp_path: Path) -> None:
-    msg = _error(tmp_path, "preset: tiny\nmodel: {n_heads: 5}\n")
+    msg = _error(tmp_path, "preset: tiny\nmodel: {d_model: 64, n_heads: 5}\n")
     assert "'model.n_heads'" in msg and "5 heads" in msg and "d_model=64" in msg
 
 
 def test_heads_not_dividing_d_model_in_an_ablation(tmp_path: Path) -> None:
-    msg = _error(tmp_path, "preset: tiny\nablations:\n  heads: {vary: {model.n_heads: [2, 5]}}\n")
+    msg = _error(tmp_path, TINY + "ablations:\n  heads: {vary: {model.n_heads: [2, 5]}}\n")
     assert "'ablations.heads.vary.model.n_heads'" in msg and "5 heads" in msg and "d_model=64" in msg
 
 
 def test_heads_checked_against_a_varied_d_model(tmp_path: Path) -> None:
-    msg = _error(tmp_path, "preset: tiny\nablations:\n  a: {vary: {model.d_model: [48], model.n_heads: [32]}}\n")
+    msg = _error(tmp_path, TINY + "ablations:\n  a: {vary: {model.d_model: [48], model.n_heads: [32]}}\n")
     assert "'ablations.a.vary.model.n_heads'" in msg and "d_model=48" in msg
 
 
 def test_varied_d_model_checked_against_base_heads(tmp_path: Path) -> None:
-    msg = _error(tmp_path, "preset: tiny\nablations:\n  a: {vary: {model.d_model: [64, 66]}}\n")
+    msg = _error(tmp_path, TINY + "ablations:\n  a: {vary: {model.d_model: [64, 66]}}\n")
     assert "'ablations.a.vary.model.d_model'" in msg and "4 heads do not divide d_model=66" in msg
 
 
 def test_rope_needs_an_even_head_dim(tmp_path: Path) -> None:
-    msg = _error(tmp_path / "a", "preset: tiny\nmodel: {n_heads: 64}\n")  # divides 64, head_dim 1
+    msg = _error(tmp_path / "a", "preset: tiny\nmodel: {d_model: 64, n_heads: 64}\n")  # divides 64, head_dim 1
     assert "'model.n_heads'" in msg and "even head dimension" in msg
-    params = make_project(tmp_path / "b", "preset: tiny\nmodel: {n_heads: 64, pos_encoding: nope}\n")
+    params = make_project(tmp_path / "b", "preset: tiny\nmodel: {d_model: 64, n_heads: 64, pos_encoding: nope}\n")
     assert load_study(params).model.n_heads == 64  # NoPE has no such constraint
-    msg = _error(tmp_path / "c", "preset: tiny\nablations:\n  a: {vary: {model.n_heads: [2, 64]}}\n")
+    msg = _error(tmp_path / "c", TINY + "ablations:\n  a: {vary: {model.n_heads: [2, 64]}}\n")
     assert "'ablations.a.vary.model.n_heads'" in msg and "even head dimension" in msg
 
 
@@ -173,7 +187,8 @@ def test_unknown_hyperparameter_in_an_ablation_names_the_arm(tmp_path: Path) -> 
 
 def test_unknown_optimizer_key_in_optim_sections(tmp_path: Path) -> None:
     assert "'optim.muonn'" in _error(tmp_path / "a", "preset: smoke\noptim: {muonn: {lr: 1}}\n")
-    msg = _error(tmp_path / "b", "preset: smoke\nablations:\n  a: {vary: {model.n_heads: [1]}, optim: {muonn: {lr: 1}}}\n")
+    msg = _error(tmp_path / "b",
+                 "preset: smoke\nablations:\n  a: {vary: {model.n_heads: [1]}, optim: {muonn: {lr: 1}}}\n")
     assert "'ablations.a.optim.muonn'" in msg
 
 
@@ -230,7 +245,8 @@ def test_cli_validate_hyperparameter_error_via_entry_point(tmp_path: Path) -> No
 
 
 def test_cli_validate_ok(tmp_path: Path) -> None:
-    make_project(tmp_path, "preset: smoke\n")
+    make_project(tmp_path, "preset: smoke\nmodel: {d_model: 32, n_heads: 2}\n"
+                           "sweep: {optimizers: [adamw, muon], widths: [1, 2, 3], seeds: [0]}\n")
     before = listing(tmp_path)
     out = _cli(tmp_path, "validate")
     assert out.returncode == 0, out

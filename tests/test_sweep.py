@@ -11,8 +11,11 @@ from specscale.plan import make_plan
 from specscale.spec import load_study
 from specscale.sweep import expand_sweep
 
-# One run: adamw, k=1, seed 0 of the smoke preset. Every key test perturbs this study.
-ONE = "preset: smoke\nsweep: {optimizers: [adamw], widths: [1], seeds: [0]}\n"
+# The smoke preset with its model and sweep spelt out, so that editing the preset does not move these tests.
+SMOKE = "preset: smoke\nmodel: {d_model: 32, n_heads: 2}\n"
+SWEEP6 = "sweep: {optimizers: [adamw, muon], widths: [1, 2, 3], seeds: [0]}\n"
+# One run: adamw, k=1, seed 0. Every key test perturbs this study.
+ONE = SMOKE + "sweep: {optimizers: [adamw], widths: [1], seeds: [0]}\n"
 
 
 def _study(tmp_path: Path, text: str):
@@ -34,30 +37,51 @@ def _plan(tmp_path: Path, text: str):
 
 
 def test_main_sweep_count_and_order(tmp_path: Path) -> None:
-    runs = _runs(tmp_path, "preset: smoke\n")
+    runs = _runs(tmp_path, SMOKE + SWEEP6)
     assert [(r.optimizer, r.width, r.seed) for r in runs] == [
         ("adamw", 1, 0), ("adamw", 2, 0), ("adamw", 3, 0), ("muon", 1, 0), ("muon", 2, 0), ("muon", 3, 0)]
     assert all(r.arms == ["main"] and r.varied == {} for r in runs)
     assert len({r.spec["model"]["ffn_mult"] for r in runs}) == 3
 
 
-def test_project_params_yaml_count(tmp_path: Path) -> None:
-    runs = _runs(tmp_path, (REPO / "params.yaml").read_text())
+STUDY = """preset: tiny
+model: {d_model: 64, n_heads: 4}
+sweep: {optimizers: [adamw, muon, normuon, dion_1_2, dion_1_16], widths: [1, 2, 4, 8], seeds: [0]}
+ablations:
+  heads: {vary: {model.n_heads: [2]}, optimizers: [adamw, muon], widths: [1, 2, 4]}
+  nope: {vary: {model.pos_encoding: [nope]}, optimizers: [adamw, muon], widths: [1, 2, 4]}
+  postln: {vary: {model.postln_fraction: [0.5, 1.0]}, optimizers: [adamw, muon], widths: [2]}
+  adamw_2x: {vary: {train.steps: [1000]}, optimizers: [adamw]}
+"""
+
+
+def test_study_with_ablations_count(tmp_path: Path) -> None:
+    runs = _runs(tmp_path, STUDY)
     # main 5 opt × 4 widths = 20; heads 2×3 = 6; nope 2×3 = 6; postln 2 fractions × 2 opt × 1 width = 4;
-    # adamw_2x: 1 opt × 4 widths (main widths) = 4.
+    # adamw_2x: 1 opt × 4 widths (the main sweep's widths) = 4.
     assert len(runs) == 40
     by_arm: dict[str, int] = {}
     for r in runs:
         for arm in r.arms:
             by_arm[arm] = by_arm.get(arm, 0) + 1
     assert by_arm == {"main": 20, "heads": 6, "nope": 6, "postln": 4, "adamw_2x": 4}
-    assert runs[0].arms == ["main"]  # main sweep first
-    steps = sorted({r.spec["train"]["steps"] for r in runs if r.arms == ["adamw_2x"]})
-    assert steps == [1000]
+    assert runs[0].arms == ["main"] and all(r.arms == ["main"] for r in runs[:20])  # main sweep first
+    assert sorted(r.width for r in runs if r.arms == ["adamw_2x"]) == [1, 2, 4, 8]
+    assert {r.spec["train"]["steps"] for r in runs if r.arms == ["adamw_2x"]} == {1000}
+
+
+def test_project_params_yaml_expands(tmp_path: Path) -> None:
+    study, params = _study(tmp_path, (REPO / "params.yaml").read_text())
+    runs = expand_sweep(study, params)
+    n_main = len(study.sweep.optimizers) * len(study.sweep.widths) * len(study.sweep.seeds)
+    assert len(runs) > n_main and sum("main" in r.arms for r in runs) == n_main
+    plan = make_plan(study, params)
+    assert len(plan.keys("train")) == len(plan.train) == len(runs)
 
 
 def test_ablation_repeating_base_values_shares_runs(tmp_path: Path) -> None:
-    text = ("preset: tiny\nsweep: {optimizers: [adamw, muon, normuon], widths: [1, 2, 4, 8]}\n"
+    text = ("preset: tiny\nmodel: {d_model: 64, n_heads: 4}\n"
+            "sweep: {optimizers: [adamw, muon, normuon], widths: [1, 2, 4, 8]}\n"
             "ablations:\n  heads: {vary: {model.n_heads: [4, 2]}, optimizers: [adamw, muon], widths: [1, 2, 4]}\n")
     runs = _runs(tmp_path, text)
     assert len(runs) == 12 + 6  # the 6 n_heads=4 runs are main-sweep runs
@@ -96,8 +120,8 @@ def test_vary_is_a_cartesian_product(tmp_path: Path) -> None:
 
 
 def test_seed_is_an_axis(tmp_path: Path) -> None:
-    one = _runs(tmp_path / "a", "preset: smoke\n")
-    two = _runs(tmp_path / "b", "preset: smoke\nsweep: {seeds: [0, 1]}\n")
+    one = _runs(tmp_path / "a", SMOKE + SWEEP6)
+    two = _runs(tmp_path / "b", SMOKE + SWEEP6.replace("seeds: [0]", "seeds: [0, 1]"))
     assert len(two) == 2 * len(one) == 12
     from specscale.cache import stable_hash
 
@@ -111,7 +135,7 @@ def test_seed_is_an_axis(tmp_path: Path) -> None:
 
 def test_ablation_with_its_own_seeds(tmp_path: Path) -> None:
     runs = _runs(tmp_path, ONE + "ablations:\n  s: {vary: {model.n_heads: [2]}, seeds: [0, 1, 2]}\n")
-    # n_heads 2 is smoke's base: seed 0 is the main run, seeds 1, 2 are new
+    # n_heads 2 is the base: seed 0 is the main run, seeds 1, 2 are new
     assert len(runs) == 3 and runs[0].arms == ["main", "s"] and [r.seed for r in runs] == [0, 1, 2]
 
 
@@ -162,7 +186,7 @@ def test_relevant_field_changes_the_train_key(tmp_path: Path, extra: str) -> Non
 
 
 def test_width_changes_the_train_key(tmp_path: Path) -> None:
-    plan = _plan(tmp_path, "preset: smoke\nsweep: {optimizers: [adamw]}\n")
+    plan = _plan(tmp_path, SMOKE + "sweep: {optimizers: [adamw], widths: [1, 2, 3]}\n")
     assert len({t.key for t in plan.train}) == 3
 
 
@@ -227,8 +251,8 @@ def test_probe_changes_leave_train_and_hit_only_their_stage(tmp_path: Path) -> N
 
 
 def test_keys_are_deterministic(tmp_path: Path) -> None:
-    a = _plan(tmp_path / "a", (REPO / "params.yaml").read_text())
-    b = _plan(tmp_path / "b", (REPO / "params.yaml").read_text())
+    a = _plan(tmp_path / "a", STUDY)
+    b = _plan(tmp_path / "b", STUDY)
     for stage in ("tokenize", "buckets", "train", "activations", "spectra"):
         assert [r.key for r in a.stage_runs(stage)] == [r.key for r in b.stage_runs(stage)]
     assert len(a.keys("train")) == len(a.train) == 40
@@ -239,7 +263,7 @@ def test_keys_are_deterministic(tmp_path: Path) -> None:
 
 
 def test_group_spec_is_equal_across_widths_only(tmp_path: Path) -> None:
-    runs = _runs(tmp_path, "preset: smoke\nsweep: {seeds: [0, 1]}\n"
+    runs = _runs(tmp_path, SMOKE + SWEEP6.replace("seeds: [0]", "seeds: [0, 1]") +
                            "ablations:\n  h: {vary: {model.n_heads: [1]}, optimizers: [adamw]}\n")
     groups: dict[tuple, list] = {}
     for r in runs:

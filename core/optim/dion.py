@@ -100,12 +100,12 @@ class Dion(MatrixOptimizer):
         M.add_(grad)  # accumulator
         B = (M if tall else M.T).float()  # (big, k)
         Q32 = Q.float()
-        if torch.any(M):
-            P, _ = torch.linalg.qr(B @ Q32, mode="reduced")  # (big, r), orthonormal columns
-            R = B.T @ P  # (k, r)
-        else:
-            P = torch.zeros(B.size(0), Q32.size(1), dtype=torch.float32, device=B.device)
-            R = Q32
+        # Zero guard without a host sync: a 0-dim device bool selects P ← 0, R ← Q when M is all zero (Householder QR
+        # of a zero matrix is finite, but not a basis of anything; Cholesky-QR would give NaN).
+        nonzero = M.ne(0).any()
+        P, _ = torch.linalg.qr(B @ Q32, mode="reduced")  # (big, r), orthonormal columns
+        P = torch.where(nonzero, P, torch.zeros_like(P))
+        R = torch.where(nonzero, B.T @ P, Q32)  # (k, r)
         captured = P @ R.T if tall else R @ P.T  # (m, n): the rank-r part of M this step uses
         M.sub_(captured.to(M.dtype), alpha=1.0 - mu)
         Q_new = R / (R.norm(dim=0, keepdim=True) + eps)  # (k, r), unit columns (zero columns stay 0)

@@ -27,7 +27,10 @@ from .muon import Muon
 from .normuon import NorMuon
 
 ROLES: tuple[str, ...] = ("matrix", "embed", "head", "other")
-VALID_NAME_FORMS = "'adamw', 'muon', 'normuon', or 'dion_<a>_<b>' with integers 1 <= a <= b (rank fraction a/b, e.g. 'dion_1_2', 'dion_1_16')"
+VALID_NAME_FORMS = (
+    "'adamw', 'muon', 'normuon', or 'dion_<a>_<b>' with integers 1 <= a <= b "
+    "(rank fraction a/b, e.g. 'dion_1_2', 'dion_1_16')"
+)
 _DION_NAME = re.compile(r"dion_([1-9][0-9]*)_([1-9][0-9]*)")
 
 # science.md §4, every hyperparameter explicit (they go into the run spec and its hash).
@@ -183,7 +186,9 @@ def build_optimizer(
 
     matrix_groups = _group(params_by_role, "matrix")
     if matrix_groups:
-        common = dict(lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"], scale_rule=hp["scale_rule"])
+        common = dict(
+            lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"], scale_rule=hp["scale_rule"]
+        )
         if base == "dion":
             inner[name] = Dion(
                 matrix_groups, rank_fraction=hp["rank_fraction"], eps=hp["eps"], seed=hp["q_seed"], **common

@@ -39,7 +39,6 @@ class Muon(MatrixOptimizer):
         ns_coeffs: str | Sequence[Coeffs] = "paper",
         ns_dtype: torch.dtype | str = "float32",
         ns_eps: float = 1e-8,
-        **extra_defaults: Any,
     ) -> None:
         coefficient_schedule(ns_coeffs, ns_steps)  # validates steps and coefficients now, not at the first step
         dtype_name = str(resolve_dtype(ns_dtype)).removeprefix("torch.")
@@ -53,7 +52,6 @@ class Muon(MatrixOptimizer):
             ns_coeffs=ns_coeffs,
             ns_dtype=dtype_name,
             ns_eps=ns_eps,
-            **extra_defaults,
         )
         super().__init__(params, defaults)
 

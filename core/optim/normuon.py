@@ -45,10 +45,6 @@ class NorMuon(Muon):
         beta2: float = 0.95,
         eps: float = 1e-8,
     ) -> None:
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"beta2 must be in [0, 1), got {beta2}")
-        if not eps > 0.0:
-            raise ValueError(f"eps must be > 0, got {eps}")
         super().__init__(
             params,
             lr=lr,
@@ -60,9 +56,16 @@ class NorMuon(Muon):
             ns_coeffs=ns_coeffs,
             ns_dtype=ns_dtype,
             ns_eps=ns_eps,
-            beta2=beta2,
-            eps=eps,
         )
+        # NorMuon's own hyperparameters join the defaults and every group (a group may override them).
+        self.defaults.update(beta2=beta2, eps=eps)
+        for group in self.param_groups:
+            group.setdefault("beta2", beta2)
+            group.setdefault("eps", eps)
+            if not 0.0 <= group["beta2"] < 1.0:
+                raise ValueError(f"beta2 must be in [0, 1), got {group['beta2']}")
+            if not group["eps"] > 0.0:
+                raise ValueError(f"eps must be > 0, got {group['eps']}")
 
     def _postprocess(self, O: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
         O32 = O.float()  # statistics in fp32 even if the parameter is bf16

@@ -1,0 +1,189 @@
+"""The report's figures as altair charts. Each function takes the long tables of report_data / compare and returns a
+chart, or None when its data are absent (the report then says so). Titles live in report.FIGURES."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+BUCKET_ORDER = ["HEAD", "MID", "TAIL", "GLOBAL"]
+LOG = alt.Scale(type="log")
+PANEL = {"width": 170, "height": 140}
+
+
+def _facet(chart: alt.Chart | alt.LayerChart, data: pd.DataFrame, title: str, row: str | None = "metric",
+           column: str | None = "bucket") -> alt.FacetChart:
+    kwargs = {}
+    if row:
+        kwargs["row"] = alt.Row(f"{row}:N", title=None)
+    if column:
+        sort = BUCKET_ORDER if column == "bucket" else "ascending"
+        kwargs["column"] = alt.Column(f"{column}:N", sort=sort, title=None)
+    return chart.properties(**PANEL).facet(data=data, **kwargs).properties(title=title)
+
+
+def rank_vs_width(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """Measured ranks (points, ±1 SD band of layer medians) and the fitted power law (line), log–log."""
+    if data.empty:
+        return None
+    base = alt.Chart().encode(x=alt.X("ffn_dim:Q", scale=LOG, title="FFN width D"),
+                              color=alt.Color("display:N", title="optimizer"))
+    measured = base.transform_filter(alt.datum.kind == "measured")
+    band = measured.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", scale=LOG, title="effective rank"), y2="high:Q")
+    points = measured.mark_point(filled=True, size=40).encode(
+        y=alt.Y("rank:Q", scale=LOG), tooltip=["display", "bucket", "metric", "ffn_dim", alt.Tooltip("rank:Q", format=".1f")])
+    line = base.transform_filter(alt.datum.kind == "fit").mark_line().encode(y=alt.Y("rank:Q", scale=LOG))
+    return _facet(alt.layer(band, line, points), data, title).resolve_scale(y="independent")
+
+
+def beta_intervals(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """β per group with its interval; step-0 baseline and (with seeds) the between-seed interval beside it."""
+    if data.empty:
+        return None
+    base = alt.Chart().encode(y=alt.Y("display:N", title=None), yOffset=alt.YOffset("series:N"),
+                              color=alt.Color("series:N", title=None))
+    bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title="β"), x2="high:Q")
+    points = base.mark_point(filled=True, size=35).encode(
+        x="beta:Q", tooltip=["display", "bucket", "metric", "series", alt.Tooltip("beta:Q", format=".3f"),
+                             alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f")])
+    return _facet(alt.layer(bars, points), data, title)
+
+
+def deltas(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    if data.empty:
+        return None
+    chart = alt.Chart().mark_bar().encode(
+        x=alt.X("display:N", title=None), xOffset="phase:N", y=alt.Y("delta:Q", title="Δ₁,₂ = β_soft − β_hard"),
+        color=alt.Color("phase:N", title=None), tooltip=["display", "bucket", "phase", alt.Tooltip("delta:Q", format=".3f")])
+    return _facet(chart, data, title, row=None)
+
+
+def perplexity(data: pd.DataFrame, title: str) -> alt.Chart | None:
+    """Validation perplexity against width per group with ≥ 2 widths (diverged runs are left out, see the tables)."""
+    if data.empty:
+        return None
+    sel = data[~data["diverged"].astype(bool)]
+    sel = sel[sel.groupby("display")["width_mult"].transform("nunique") >= 2]
+    if sel.empty:
+        return None
+    return alt.Chart(sel).mark_line(point=True).encode(
+        x=alt.X("width_mult:Q", scale=alt.Scale(type="log", base=2), title="width multiplier k (D = k·d_model)"),
+        y=alt.Y("val_ppl:Q", scale=alt.Scale(zero=False), title="validation perplexity"),
+        color=alt.Color("display:N", title=None), strokeDash=alt.StrokeDash("family:N", title="family"),
+        tooltip=["display", "width_mult", alt.Tooltip("val_ppl:Q", format=".2f")],
+    ).properties(width=520, height=300, title=title)
+
+
+def eigen_decay(data: pd.DataFrame, title: str) -> alt.Chart | None:
+    if data.empty:
+        return None
+    data = data.assign(series=data["display"] + " (D=" + data["ffn_dim"].astype(str) + ")")
+    return alt.Chart(data).mark_line().encode(
+        x=alt.X("mode:Q", scale=LOG, title="eigenvalue index i"),
+        y=alt.Y("p:Q", scale=LOG, title="λ_i / Σλ (median over layers)"),
+        color=alt.Color("series:N", title=None), strokeDash=alt.StrokeDash("phase:N", title=None),
+    ).properties(width=520, height=300, title=title)
+
+
+def beta_over_training(data: pd.DataFrame, title: str, site: str = "post") -> alt.FacetChart | None:
+    if data.empty:
+        return None
+    sel = data[(data["site"] == site) & data["fitted"].astype(bool)].copy()
+    if sel.empty:
+        return None
+    sel["metric"] = sel["metric"].str.replace("_rank", "")
+    base = alt.Chart().encode(x=alt.X("step:Q", title="training step"), color=alt.Color("display:N", title=None))
+    rules = base.mark_rule(opacity=0.5).encode(y=alt.Y("ci95_low:Q", title="β"), y2="ci95_high:Q")
+    line = base.mark_line(point=True).encode(y="beta:Q", tooltip=["display", "step", alt.Tooltip("beta:Q", format=".3f")])
+    return _facet(alt.layer(rules, line), sel, title)
+
+
+def _renyi_sel(data: pd.DataFrame) -> pd.DataFrame:
+    """Base optimizers, lowest seed, widest width of each."""
+    sel = data[(data["family"] == "base") & (data["seed"] == data["seed"].min())]
+    return sel[sel["width_mult"] == sel.groupby("display")["width_mult"].transform("max")]
+
+
+def _alpha_axis(data: pd.DataFrame) -> alt.X:
+    order = data.drop_duplicates("alpha_label").sort_values("alpha")["alpha_label"].tolist()
+    return alt.X("alpha_label:O", sort=order, title="α")
+
+
+def renyi_ranks(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    if data.empty:
+        return None
+    sel = _renyi_sel(data).melt(id_vars=["display", "bucket", "alpha", "alpha_label"], value_vars=["pre", "post"],
+                                var_name="site", value_name="rank")
+    chart = alt.Chart().mark_line(point=True).encode(
+        x=_alpha_axis(sel), y=alt.Y("rank:Q", scale=LOG, title="R_α"), color=alt.Color("display:N", title=None),
+        strokeDash=alt.StrokeDash("site:N", title="site"))
+    return _facet(chart, sel, title, row=None)
+
+
+def renyi_rho(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    if data.empty:
+        return None
+    sel = _renyi_sel(data)
+    one = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(y=alt.datum(1))
+    chart = alt.Chart().mark_line(point=True).encode(
+        x=_alpha_axis(sel), y=alt.Y("rho:Q", title="ρ_α = R_α(post) / R_α(pre)"),
+        color=alt.Color("display:N", title=None), tooltip=["display", "alpha_label", alt.Tooltip("rho:Q", format=".3f")])
+    return _facet(alt.layer(one, chart), sel, title, row=None)
+
+
+def arch_vs_optimizer(table: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """Per comparison: the architecture shift |β_ablated − β_base| (point) and the optimizer gain (tick)."""
+    if table.empty:
+        return None
+    sel = table[table["status"] != "missing"].copy()
+    if sel.empty:
+        return None
+    sel["comparison"] = sel["ablation"] + " · " + sel["optimizer"]
+    sel["metric"] = sel["metric"].str.replace("_rank", "")
+    long = sel.melt(id_vars=["comparison", "bucket", "metric", "status"], value_vars=["arch_shift", "optimizer_gain"],
+                    var_name="quantity", value_name="value")
+    long["quantity"] = long["quantity"].map({"arch_shift": "architecture shift |Δβ|",
+                                             "optimizer_gain": "optimizer gain max β − β_ref"})
+    chart = alt.Chart().mark_point(filled=True, size=60).encode(
+        x=alt.X("value:Q", title="β difference"), y=alt.Y("comparison:N", title=None),
+        color=alt.Color("quantity:N", title=None), shape=alt.Shape("quantity:N", title=None),
+        tooltip=["comparison", "bucket", "metric", "quantity", "status", alt.Tooltip("value:Q", format=".3f")])
+    return _facet(chart, long, title)
+
+
+def postln(table: pd.DataFrame, title: str) -> alt.Chart | None:
+    """The PostLN table as a heatmap with the perplexity (or ×) written in each cell."""
+    if table.empty:
+        return None
+    ids = [c for c in ("optimizer", "width_mult", "seed") if c in table.columns]
+    long = table.melt(id_vars=ids, var_name="postln", value_name="cell")
+    long = long[long["cell"].astype(str) != ""]
+    long["row"] = long["optimizer"] + " k=" + long["width_mult"].astype(str)
+    long["ppl"] = pd.to_numeric(long["cell"], errors="coerce")
+    order = [c for c in table.columns if c not in ids]
+    base = alt.Chart(long).encode(x=alt.X("postln:N", sort=order, title=None), y=alt.Y("row:N", title=None))
+    rect = base.mark_rect().encode(color=alt.Color("ppl:Q", scale=alt.Scale(scheme="oranges"),
+                                                   title="val. perplexity"))
+    text = base.mark_text(fontSize=13).encode(text="cell:N")
+    return alt.layer(rect, text).properties(width=80 * len(order), height=26 * long["row"].nunique(), title=title)
+
+
+def paper_scatter(table: pd.DataFrame, title: str) -> alt.Chart | None:
+    """Our β against the published β, one point per optimizer × bucket × metric, with the identity line."""
+    if table.empty:
+        return None
+    sel = table[(table["kind"] == "beta") & table["ours"].notna() & table["paper"].notna()].copy()
+    if sel.empty:
+        return None
+    sel["label"] = sel["optimizer"] + " " + sel["setting"].fillna("")
+    lim = [0.0, float(max(1.2, np.nanmax(sel[["paper", "ours"]].to_numpy()) * 1.05))]
+    diag = alt.Chart(pd.DataFrame({"x": lim, "y": lim})).mark_line(color="gray", strokeDash=[4, 4]).encode(
+        x="x:Q", y="y:Q")
+    pts = alt.Chart(sel).mark_point(filled=True, size=70).encode(
+        x=alt.X("paper:Q", title="published β", scale=alt.Scale(domain=lim)),
+        y=alt.Y("ours:Q", title="our β", scale=alt.Scale(domain=lim)),
+        color=alt.Color("label:N", title=None), shape=alt.Shape("metric:N", title=None),
+        tooltip=["label", "bucket", "metric", alt.Tooltip("paper:Q", format=".2f"), alt.Tooltip("ours:Q", format=".3f")])
+    return alt.layer(diag, pts).properties(width=360, height=360, title=title)
+

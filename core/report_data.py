@@ -1,0 +1,93 @@
+"""The data behind the report's figures, as plain long tables.
+
+Shared by the report (altair) and by the compare stage, which writes the same tables as JSON for `dvc plots`
+(DVC renders its own Vega-Lite v5 templates from them), so both views always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from specscale.compare import FIT_METRICS
+
+METRIC_NAMES = {"soft_rank": "soft", "hard_rank": "hard"}
+
+
+def first_seed(groups: pd.DataFrame) -> pd.DataFrame:
+    """Figures of curves show the lowest seed only (seed spread is shown on the β figure)."""
+    return groups[groups["seed"] == groups["seed"].min()] if len(groups) else groups
+
+
+def rank_width_data(ranks: pd.DataFrame, betas: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame,
+                    site: str = "post", n_line: int = 24) -> pd.DataFrame:
+    """Rank against width for the base architecture (trained phase): measured medians with a ±1 SD band of the layer
+    medians (kind='measured') and the fitted line e^intercept · D^β over the measured range (kind='fit')."""
+    base = first_seed(groups[groups["family"] == "base"]).set_index("group")
+    if base.empty or ranks.empty:
+        return pd.DataFrame()
+    sel = ranks[(ranks["phase"] == "trained") & (ranks["site"] == site) & ranks["metric"].isin(FIT_METRICS)]
+    sel = sel.join(runs.set_index("run")[["group"]], on="run")
+    sel = sel[sel["group"].isin(base.index)]
+    rows = []
+    for r in sel.itertuples():
+        sd = 0.0 if not np.isfinite(r.sd) else float(r.sd)
+        # A log axis cannot show a band reaching zero: floor the lower edge at a tenth of the median.
+        rows.append({"display": base.loc[r.group, "display"], "bucket": r.bucket, "metric": METRIC_NAMES[r.metric],
+                     "ffn_dim": int(r.ffn_dim), "rank": float(r.median), "low": max(r.median - sd, r.median / 10),
+                     "high": r.median + sd, "kind": "measured"})
+    fits = betas[(betas["phase"] == "trained") & (betas["site"] == site) & betas["metric"].isin(FIT_METRICS)
+                 & betas["group"].isin(base.index) & betas["fitted"].astype(bool)]
+    for f in fits.itertuples():
+        dims = sel.loc[sel["group"] == f.group, "ffn_dim"]
+        if dims.empty:
+            continue
+        for d in np.geomspace(dims.min(), dims.max(), n_line):
+            rank = math.exp(f.intercept) * d ** f.beta
+            rows.append({"display": base.loc[f.group, "display"], "bucket": f.bucket,
+                         "metric": METRIC_NAMES[f.metric], "ffn_dim": float(d), "rank": rank, "low": rank,
+                         "high": rank, "kind": "fit"})
+    return pd.DataFrame(rows)
+
+
+def beta_interval_data(betas: pd.DataFrame, seeds: pd.DataFrame, groups: pd.DataFrame,
+                       site: str = "post") -> pd.DataFrame:
+    """β with its interval per group, bucket and metric: the trained β (OLS 95% interval), the step-0 baseline
+    beside it and, where seeds exist, the mean over seeds with the between-seed interval."""
+    info = groups.set_index("group")
+    sel = betas[(betas["site"] == site) & betas["metric"].isin(FIT_METRICS) & betas["fitted"].astype(bool)
+                & betas["group"].isin(info.index)]
+    label = info["display"].str.replace(r" seed=\d+$", "", regex=True)  # seeds of one config share a row
+    rows = [{"display": label[r.group], "bucket": r.bucket, "metric": METRIC_NAMES[r.metric],
+             "series": "trained" if r.phase == "trained" else "step 0", "beta": r.beta, "low": r.ci95_low,
+             "high": r.ci95_high, "seed": int(info.loc[r.group, "seed"])} for r in sel.itertuples()]
+    if seeds is not None and not seeds.empty:
+        s = seeds[(seeds["site"] == site) & (seeds["phase"] == "trained") & seeds["metric"].isin(FIT_METRICS)]
+        seed_label = dict(zip(groups["seed_group"], label.reindex(groups["group"]).values))
+        for r in s.itertuples():
+            rows.append({"display": seed_label.get(r.seed_group, r.group_label), "bucket": r.bucket,
+                         "metric": METRIC_NAMES[r.metric], "series": f"seed mean (n={r.n_seeds})",
+                         "beta": r.beta_mean, "low": r.seed_ci95_low, "high": r.seed_ci95_high, "seed": -1})
+    return pd.DataFrame(rows)
+
+
+def delta_data(betas: pd.DataFrame, groups: pd.DataFrame, site: str = "post") -> pd.DataFrame:
+    """Δ₁,₂ = β_soft − β_hard per group and bucket, trained and step 0."""
+    info = groups.set_index("group")
+    sel = betas[(betas["site"] == site) & (betas["metric"] == "soft_rank") & betas["group"].isin(info.index)
+                & np.isfinite(betas["delta_soft_hard"])]
+    return pd.DataFrame([{"display": info.loc[r.group, "display"], "bucket": r.bucket,
+                          "phase": "trained" if r.phase == "trained" else "step 0", "delta": r.delta_soft_hard}
+                         for r in sel.itertuples()], columns=["display", "bucket", "phase", "delta"])
+
+
+def tokens_per_bucket(ranks: pd.DataFrame) -> pd.DataFrame:
+    """N per bucket (the probe set is identical across runs, so min = max unless a run differs) and D range."""
+    if ranks.empty:
+        return pd.DataFrame()
+    g = ranks.groupby("bucket").agg(N_min=("N", "min"), N_max=("N", "max"), D_min=("D", "min"), D_max=("D", "max"),
+                                    min_N_over_D=("N_over_D", "min")).reset_index()
+    order = {b: i for i, b in enumerate(("HEAD", "MID", "TAIL", "GLOBAL"))}
+    return g.sort_values("bucket", key=lambda s: s.map(lambda b: order.get(b, 9))).reset_index(drop=True)

@@ -1,0 +1,114 @@
+"""End to end: `dvc repro` on the smoke preset in a fresh project, then the cache behaviour a user relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+PARAMS = {
+    "preset": "smoke",
+    "data": {}, "model": {}, "train": {}, "probe": {}, "fit": {}, "optim": {},
+    "sweep": {"optimizers": ["adamw", "muon"], "widths": [1, 2, 3], "seeds": [0]},
+    "ablations": {"blowup": {"vary": {"train.steps": [40]}, "optimizers": ["adamw"], "widths": [1],
+                             "optim": {"adamw": {"lr": 300.0}}}},
+    "launcher": {"cluster": "debug", "max_parallel": 1},
+}
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def _write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("smoke")
+    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
+    _write_params(root, PARAMS)
+    _run(["git", "init", "-q"], root)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
+    first = _run(["dvc", "repro"], root, check=False)
+    (root / "first_repro.log").write_text(first.stdout + first.stderr)
+    return root
+
+
+def _finished(project: Path, stage: str) -> set[str]:
+    d = project / "runs" / stage
+    return {p.name for p in d.iterdir() if (p / "_SUCCESS").exists()} if d.exists() else set()
+
+
+def test_first_repro_runs_every_stage_and_records_divergence(project: Path) -> None:
+    log = (project / "first_repro.log").read_text()
+    assert "[train] 7 runs: 0 cached, 7 to compute" in log, log[-3000:]
+    assert len(_finished(project, "train")) == 7
+    results = [json.loads((project / "runs/train" / k / "result.json").read_text()) for k in _finished(project, "train")]
+    diverged = [r for r in results if r["diverged"]]
+    assert len(diverged) == 1, "the lr=300 run must be recorded as diverged, not crash"
+    # diverged runs are results, not measured: 6 activations/spectra runs
+    assert len(_finished(project, "spectra")) == 6
+    for key in _finished(project, "train"):
+        run = project / "runs/train" / key
+        prov = json.loads((run / "provenance.json").read_text())
+        assert prov["git_commit"] and "torch" in prov["packages"]
+        assert not (run / "resume.pt").exists(), "resume state is scratch, never published"
+    betas = json.loads((project / "results/betas.json").read_text())
+    assert set(betas) == {"adamw", "muon"}
+    assert set(betas["adamw"]) == {"trained", "step0"}
+    assert {"HEAD", "MID", "TAIL", "GLOBAL"} <= set(betas["adamw"]["trained"])
+    ppl = json.loads((project / "results/perplexity.json").read_text())
+    assert sum(v["diverged"] for v in ppl.values()) == 1
+
+
+def test_zarr_and_xarray_outputs_carry_labels(project: Path) -> None:
+    import xarray as xr
+
+    key = sorted(_finished(project, "spectra"))[0]
+    ds = xr.open_zarr(project / "runs/spectra" / key / "spectra.zarr")
+    assert set(ds["eigenvalues"].dims) == {"step", "layer", "site", "bucket", "mode"}
+    assert set(ds["bucket"].values) >= {"HEAD", "GLOBAL"}
+    eig = ds["eigenvalues"].sel(site="post", bucket="GLOBAL").isel(step=-1, layer=0).values
+    assert (eig[:-1] >= eig[1:]).all() and eig.min() >= 1e-12
+
+
+def test_second_repro_computes_nothing_then_one_new_width(project: Path) -> None:
+    again = _run(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date" in again.stdout
+    params = json.loads(json.dumps(PARAMS))
+    params["launcher"]["max_parallel"] = 3  # the launcher never invalidates a run
+    _write_params(project, params)
+    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], project).stdout
+    # one new sweep point: AdamW at width 4
+    params["ablations"] = {**PARAMS["ablations"], "extra": {"optimizers": ["adamw"], "widths": [4]}}
+    _write_params(project, params)
+    out = _run(["dvc", "repro"], project).stdout
+    assert "[train] 8 runs: 7 cached, 1 to compute" in out
+    assert "[spectra] 7 runs: 6 cached, 1 to compute" in out
+
+
+def test_deleting_one_spectra_run_recomputes_it_alone(project: Path) -> None:
+    victim = sorted(_finished(project, "spectra"))[0]
+    shutil.rmtree(project / "runs/spectra" / victim)
+    out = _run(["dvc", "repro"], project).stdout
+    assert "[spectra] 7 runs: 6 cached, 1 to compute" in out
+    assert "[train]" not in out or "0 to compute" in out
+    assert victim in _finished(project, "spectra")
