@@ -312,7 +312,7 @@ def beta_over_training(per_step: pd.DataFrame, runs: pd.DataFrame, groups: pd.Da
         res = ols_loglog(part["ffn_dim"], part["value"])
         total = int(info.loc[grp, "steps"])
         rows.append({"group": grp, "display": info.loc[grp, "display"], "family": info.loc[grp, "family"],
-                     "step": int(step), "steps_total": total, "fraction": step / total if total else math.nan,
+                     "seed": int(info.loc[grp, "seed"]), "step": int(step), "steps_total": total, "fraction": step / total if total else math.nan,
                      "bucket": bucket, "site": site, "metric": metric, "beta": res.beta, "ci95_low": res.ci_low,
                      "ci95_high": res.ci_high, "r2": res.r2, "n_widths": res.n, "fitted": res.fitted})
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ import pandas as pd
 BUCKET_ORDER = ["HEAD", "MID", "TAIL", "GLOBAL"]
 LOG = alt.Scale(type="log")
 PANEL = {"width": 170, "height": 140}
+STROKE_LEGEND = alt.Legend(symbolType="stroke")  # a dashed-line legend, not circles
 
 
 def _facet(chart: alt.Chart | alt.LayerChart, data: pd.DataFrame, title: str, row: str | None = "metric",
@@ -27,27 +28,30 @@ def rank_vs_width(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     """Measured ranks (points, ±1 SD band of layer medians) and the fitted power law (line), log–log."""
     if data.empty:
         return None
-    base = alt.Chart().encode(x=alt.X("ffn_dim:Q", scale=LOG, title="FFN width D"),
+    dims = sorted(data.loc[data["kind"] == "measured", "ffn_dim"].unique().tolist())
+    base = alt.Chart().encode(x=alt.X("ffn_dim:Q", scale=LOG, title="FFN width D", axis=alt.Axis(values=dims)),
                               color=alt.Color("display:N", title="optimizer"))
     measured = base.transform_filter(alt.datum.kind == "measured")
     band = measured.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", scale=LOG, title="effective rank"), y2="high:Q")
     points = measured.mark_point(filled=True, size=40).encode(
         y=alt.Y("rank:Q", scale=LOG), tooltip=["display", "bucket", "metric", "ffn_dim", alt.Tooltip("rank:Q", format=".1f")])
     line = base.transform_filter(alt.datum.kind == "fit").mark_line().encode(y=alt.Y("rank:Q", scale=LOG))
-    return _facet(alt.layer(band, line, points), data, title).resolve_scale(y="independent")
+    # Points first: the legend takes its symbols from the first layer (the band's would be nearly transparent).
+    return _facet(alt.layer(points, line, band), data, title).resolve_scale(y="independent")
 
 
 def beta_intervals(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     """β per group with its interval; step-0 baseline and (with seeds) the between-seed interval beside it."""
     if data.empty:
         return None
-    base = alt.Chart().encode(y=alt.Y("display:N", title=None), yOffset=alt.YOffset("series:N"),
-                              color=alt.Color("series:N", title=None))
+    order = sorted(data["series"].unique(), key=lambda s: (s != "trained", s != "step 0", s))
+    base = alt.Chart().encode(y=alt.Y("display:N", title=None), yOffset=alt.YOffset("series:N", sort=order),
+                              color=alt.Color("series:N", title=None, sort=order))
     bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title="β"), x2="high:Q")
     points = base.mark_point(filled=True, size=35).encode(
         x="beta:Q", tooltip=["display", "bucket", "metric", "series", alt.Tooltip("beta:Q", format=".3f"),
                              alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f")])
-    return _facet(alt.layer(bars, points), data, title)
+    return _facet(alt.layer(points, bars), data, title)
 
 
 def deltas(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
@@ -70,7 +74,7 @@ def perplexity(data: pd.DataFrame, title: str) -> alt.Chart | None:
     return alt.Chart(sel).mark_line(point=True).encode(
         x=alt.X("width_mult:Q", scale=alt.Scale(type="log", base=2), title="width multiplier k (D = k·d_model)"),
         y=alt.Y("val_ppl:Q", scale=alt.Scale(zero=False), title="validation perplexity"),
-        color=alt.Color("display:N", title=None), strokeDash=alt.StrokeDash("family:N", title="family"),
+        color=alt.Color("display:N", title=None), strokeDash=alt.StrokeDash("family:N", title="family", legend=STROKE_LEGEND),
         tooltip=["display", "width_mult", alt.Tooltip("val_ppl:Q", format=".2f")],
     ).properties(width=520, height=300, title=title)
 
@@ -82,21 +86,24 @@ def eigen_decay(data: pd.DataFrame, title: str) -> alt.Chart | None:
     return alt.Chart(data).mark_line().encode(
         x=alt.X("mode:Q", scale=LOG, title="eigenvalue index i"),
         y=alt.Y("p:Q", scale=LOG, title="λ_i / Σλ (median over layers)"),
-        color=alt.Color("series:N", title=None), strokeDash=alt.StrokeDash("phase:N", title=None),
+        color=alt.Color("series:N", title=None), strokeDash=alt.StrokeDash("phase:N", title=None, legend=STROKE_LEGEND),
     ).properties(width=520, height=300, title=title)
 
 
 def beta_over_training(data: pd.DataFrame, title: str, site: str = "post") -> alt.FacetChart | None:
     if data.empty:
         return None
-    sel = data[(data["site"] == site) & data["fitted"].astype(bool)].copy()
+    # Base and matched-loss groups, lowest seed: the ablations would bury the curves that matter here.
+    sel = data[(data["site"] == site) & data["fitted"].astype(bool) & data["family"].isin(["base", "steps"])].copy()
+    sel = sel[sel["seed"] == sel["seed"].min()]
     if sel.empty:
         return None
     sel["metric"] = sel["metric"].str.replace("_rank", "")
     base = alt.Chart().encode(x=alt.X("step:Q", title="training step"), color=alt.Color("display:N", title=None))
-    rules = base.mark_rule(opacity=0.5).encode(y=alt.Y("ci95_low:Q", title="β"), y2="ci95_high:Q")
-    line = base.mark_line(point=True).encode(y="beta:Q", tooltip=["display", "step", alt.Tooltip("beta:Q", format=".3f")])
-    return _facet(alt.layer(rules, line), sel, title)
+    line = base.mark_line(point=True).encode(y=alt.Y("beta:Q", title="β"),
+                                             tooltip=["display", "step", alt.Tooltip("beta:Q", format=".3f")])
+    rules = base.mark_rule(opacity=0.5).encode(y="ci95_low:Q", y2="ci95_high:Q")
+    return _facet(alt.layer(line, rules), sel, title)
 
 
 def _renyi_sel(data: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +114,7 @@ def _renyi_sel(data: pd.DataFrame) -> pd.DataFrame:
 
 def _alpha_axis(data: pd.DataFrame) -> alt.X:
     order = data.drop_duplicates("alpha_label").sort_values("alpha")["alpha_label"].tolist()
-    return alt.X("alpha_label:O", sort=order, title="α")
+    return alt.X("alpha_label:O", sort=order, title="α", axis=alt.Axis(labelAngle=0))
 
 
 def renyi_ranks(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
@@ -117,7 +124,7 @@ def renyi_ranks(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
                                 var_name="site", value_name="rank")
     chart = alt.Chart().mark_line(point=True).encode(
         x=_alpha_axis(sel), y=alt.Y("rank:Q", scale=LOG, title="R_α"), color=alt.Color("display:N", title=None),
-        strokeDash=alt.StrokeDash("site:N", title="site"))
+        strokeDash=alt.StrokeDash("site:N", title="site", legend=STROKE_LEGEND))
     return _facet(chart, sel, title, row=None)
 
 
@@ -158,7 +165,8 @@ def postln(table: pd.DataFrame, title: str) -> alt.Chart | None:
         return None
     ids = [c for c in ("optimizer", "width_mult", "seed") if c in table.columns]
     long = table.melt(id_vars=ids, var_name="postln", value_name="cell")
-    long = long[long["cell"].astype(str) != ""]
+    long["cell"] = [c if isinstance(c, str) else f"{c:.1f}" for c in long["cell"]]  # a column read as numbers
+    long = long[~long["cell"].isin(["", "nan"])]
     long["row"] = long["optimizer"] + " k=" + long["width_mult"].astype(str)
     long["ppl"] = pd.to_numeric(long["cell"], errors="coerce")
     order = [c for c in table.columns if c not in ids]

@@ -93,11 +93,15 @@ def parse_choices(readme: str) -> list[str]:
     return items
 
 
-def read(path: Path) -> pd.DataFrame:
+def read(path: Path, dtype: Any = None) -> pd.DataFrame:
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype=dtype)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return pd.DataFrame()
+
+
+# Cells that are text ("54.0" or "×"): pandas would read a column without a × as numbers.
+TEXT_COLUMNS: dict[str, Any] = {"postln": str, "ppl_by_width": {"cell": str}}
 
 
 def load_inputs(results: Path) -> dict[str, Any]:
@@ -105,7 +109,7 @@ def load_inputs(results: Path) -> dict[str, Any]:
     data: dict[str, Any] = {name: read(results / f"{name}.csv") for name in ("runs", "ranks", "betas", "betas_seeds")}
     for name in ("groups", "arch_vs_optimizer", "matched_loss_ppl", "matched_loss_beta", "beta_over_training",
                  "ppl_by_width", "postln", "renyi", "eigen_decay", "paper_side_by_side"):
-        data[name] = read(cmp_dir / f"{name}.csv")
+        data[name] = read(cmp_dir / f"{name}.csv", TEXT_COLUMNS.get(name))
     arch = cmp_dir / "arch_vs_optimizer.json"
     data["arch_summary"] = json.loads(arch.read_text()) if arch.exists() else {}
     summary = results / "compare.json"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from specscale.compare import FIT_METRICS
+from specscale.compare import FIT_METRICS, MIN_WIDTHS
 
 BUCKETS = ("HEAD", "MID", "TAIL", "GLOBAL")
 
@@ -61,7 +61,7 @@ def beta_summary(betas: pd.DataFrame, groups: pd.DataFrame, site: str = "post") 
     """Per group and bucket: trained β (soft, hard) with the OLS 95% interval, Δ₁,₂, R², and the step-0 β."""
     if betas.empty or groups.empty:
         return pd.DataFrame()
-    info = groups.set_index("group")["display"]
+    info = groups[groups["n_widths"] >= MIN_WIDTHS].set_index("group")["display"]  # single-width groups: no β
     sel = betas[(betas["site"] == site) & betas["metric"].isin(FIT_METRICS) & betas["group"].isin(info.index)]
     rows = []
     for (grp, bucket), part in sel.groupby(["group", "bucket"]):

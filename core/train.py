@@ -149,6 +149,8 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
     kept = set(kept_checkpoints(steps, cfg["log_every"], cfg["keep_checkpoints"], cfg["keep_all_checkpoints"]))
     ckpt_dir = work / "ckpt"
     ckpt_dir.mkdir(exist_ok=True)
+    for stale in ckpt_dir.glob("*.tmp"):  # a kill inside _save_atomic leaves one; never publish it
+        stale.unlink()
     log_path = work / "log.jsonl"
     start_step, initial_loss, diverged, reason = 0, None, False, None
     resume_path = work / RESUME_FILE
