@@ -100,6 +100,11 @@ def headline(betas: pd.DataFrame, site: str = "post", phase: str = "trained") ->
     return betas[(betas["site"] == site) & (betas["phase"] == phase) & betas["metric"].isin(FIT_METRICS)]
 
 
+def with_groups(df: pd.DataFrame, groups: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """df joined with the group table's `cols` (the group table wins over any same-named column of df)."""
+    return df.drop(columns=[c for c in cols if c in df.columns]).join(groups.set_index("group")[cols], on="group")
+
+
 def _cells(sel: pd.DataFrame) -> dict[tuple[str, str, str], tuple[float, str]]:
     """(group, bucket, metric) → (β, reason); β is NaN for a cell that was not fitted."""
     out = {}
@@ -133,11 +138,11 @@ class ArchComparison:
 
 def optimizer_gain(betas: pd.DataFrame, groups: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Per seed, bucket and metric in the base architecture: max_o β_o − β_reference over the optimizers present."""
-    base = groups[groups["family"] == "base"].set_index("group")
+    base = groups[groups["family"] == "base"]
     sel = headline(betas)
-    sel = sel[sel["group"].isin(base.index)].join(base[["optim_label", "seed"]], on="group", rsuffix="_g")
+    sel = with_groups(sel[sel["group"].isin(base["group"])], base, ["optim_label", "seed"])
     rows = []
-    for (seed, bucket, metric), part in sel.groupby(["seed_g", "bucket", "metric"]):
+    for (seed, bucket, metric), part in sel.groupby(["seed", "bucket", "metric"]):
         ok = part[part["fitted"].astype(bool) & np.isfinite(part["beta"])]
         ref = ok[ok["optim_label"] == reference]
         row = {"seed": int(seed), "bucket": bucket, "metric": metric, "n_optimizers": len(ok),
@@ -175,8 +180,8 @@ def compare_arch_vs_optimizer(betas: pd.DataFrame, groups: pd.DataFrame, referen
                 b_base, why_base = cells.get((base, bucket, metric), (math.nan, "absent")) if base else (
                     math.nan, "no base group with the same optimizer settings")
                 gain, why_gain = gain_of.get((int(g.seed), bucket, metric), (math.nan, "no base β to compute it"))
-                reasons = [f"{who}: {why}" for who, why, val in (("ablated", why_abl, b_abl), ("base", why_base, b_base),
-                                                                  ("gain", why_gain, gain)) if not np.isfinite(val)]
+                checks = (("ablated", why_abl, b_abl), ("base", why_base, b_base), ("gain", why_gain, gain))
+                reasons = [f"{who}: {why}" for who, why, val in checks if not np.isfinite(val)]
                 shift = abs(b_abl - b_base)
                 if reasons:
                     status = "missing"
@@ -312,7 +317,8 @@ def beta_over_training(per_step: pd.DataFrame, runs: pd.DataFrame, groups: pd.Da
         res = ols_loglog(part["ffn_dim"], part["value"])
         total = int(info.loc[grp, "steps"])
         rows.append({"group": grp, "display": info.loc[grp, "display"], "family": info.loc[grp, "family"],
-                     "seed": int(info.loc[grp, "seed"]), "step": int(step), "steps_total": total, "fraction": step / total if total else math.nan,
+                     "seed": int(info.loc[grp, "seed"]), "step": int(step), "steps_total": total,
+                     "fraction": step / total if total else math.nan,
                      "bucket": bucket, "site": site, "metric": metric, "beta": res.beta, "ci95_low": res.ci_low,
                      "ci95_high": res.ci_high, "r2": res.r2, "n_widths": res.n, "fitted": res.fitted})
     return pd.DataFrame(rows)
@@ -340,7 +346,8 @@ def renyi_table(ranks: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame) -
 
 def decay_curve(eigs: np.ndarray, n_points: int = 120) -> tuple[np.ndarray, np.ndarray]:
     """Median over layers of the normalised descending spectrum p_i = λ_i/Σλ, at ~n_points log-spaced indices
-    (a plot of 6144 modes × optimizers is heavy and says nothing more). eigs: (layers, modes). Returns (i, p), i ≥ 1."""
+    (a plot of 6144 modes × optimizers is heavy and says nothing more).
+    eigs: (layers, modes). Returns (i, p) with 1-based indices i."""
     lam = np.sort(np.maximum(np.asarray(eigs, dtype=np.float64), 1e-12), axis=-1)[..., ::-1]
     p = np.median(lam / lam.sum(axis=-1, keepdims=True), axis=0)
     idx = np.unique(np.round(np.geomspace(1, p.size, num=min(n_points, p.size))).astype(int))

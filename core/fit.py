@@ -311,7 +311,10 @@ def format_fit_table(table: pd.DataFrame, level: float = 0.95) -> str:
         return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
     lines = []
-    header = f"{'model':<12} {'optimizer':<11} {'bucket':<7} {'metric':<16} {'beta':>8}  {pct + ' CI':<18} {'R2':>6} {'n':>3}"
+    header = (
+        f"{'model':<12} {'optimizer':<11} {'bucket':<7} {'metric':<16} {'beta':>8}  "
+        f"{pct + ' CI':<18} {'R2':>6} {'n':>3}"
+    )
     lines.append(header)
     lines.append("-" * len(header))
     for r in table.to_dict("records"):

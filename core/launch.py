@@ -262,8 +262,8 @@ class Launcher:
         now = time.time()
         for task, job in zip(queue, jobs):
             self._record(task.key, job)
-        self.echo(f"[{self.stage}] submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks "
-                  f"(logs: {self.folder})")
+        self.echo(f"[{self.stage}] submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} "
+                  f"task{'s' if len(jobs) > 1 else ''} (logs: {self.folder})")
         records = self._records()
         # watched through their records (squeue), exactly as a restarted launcher would re-attach to them
         return [_Handle(t, _Attached(records[t.key]), now) for t in queue]
@@ -297,8 +297,10 @@ class Launcher:
                     per_run = sum(durations) / len(durations)
                     waves = (total - finished) / max(1, min(int(self.cfg.max_parallel), total - finished))
                     eta = f", ETA {_fmt_duration(per_run * waves)}"
-                self.echo(f"[{self.stage}] {finished}/{total} done, {len(handles)} running, {len(queue)} queued, "
-                          f"{len(report.failed)} failed{eta}")
+                # a SLURM job waiting for resources (or requeued) is queued, not running
+                waiting = sum(isinstance(h.job, _Attached) and h.job.phase() == "queued" for h in handles)
+                self.echo(f"[{self.stage}] {finished}/{total} done, {len(handles) - waiting} running, "
+                          f"{len(queue) + waiting} queued, {len(report.failed)} failed{eta}")
                 last_status = now
             if handles or queue:
                 time.sleep(float(self.cfg.poll_seconds))

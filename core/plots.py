@@ -34,7 +34,8 @@ def rank_vs_width(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     measured = base.transform_filter(alt.datum.kind == "measured")
     band = measured.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", scale=LOG, title="effective rank"), y2="high:Q")
     points = measured.mark_point(filled=True, size=40).encode(
-        y=alt.Y("rank:Q", scale=LOG), tooltip=["display", "bucket", "metric", "ffn_dim", alt.Tooltip("rank:Q", format=".1f")])
+        y=alt.Y("rank:Q", scale=LOG),
+        tooltip=["display", "bucket", "metric", "ffn_dim", alt.Tooltip("rank:Q", format=".1f")])
     line = base.transform_filter(alt.datum.kind == "fit").mark_line().encode(y=alt.Y("rank:Q", scale=LOG))
     # Points first: the legend takes its symbols from the first layer (the band's would be nearly transparent).
     return _facet(alt.layer(points, line, band), data, title).resolve_scale(y="independent")
@@ -58,8 +59,9 @@ def deltas(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     if data.empty:
         return None
     chart = alt.Chart().mark_bar().encode(
-        x=alt.X("display:N", title=None), xOffset="phase:N", y=alt.Y("delta:Q", title="Δ₁,₂ = β_soft − β_hard"),
-        color=alt.Color("phase:N", title=None), tooltip=["display", "bucket", "phase", alt.Tooltip("delta:Q", format=".3f")])
+        x=alt.X("display:N", title=None), xOffset="phase:N",
+        y=alt.Y("delta:Q", title="Δ₁,₂ = β_soft − β_hard"), color=alt.Color("phase:N", title=None),
+        tooltip=["display", "bucket", "phase", alt.Tooltip("delta:Q", format=".3f")])
     return _facet(chart, data, title, row=None)
 
 
@@ -72,9 +74,11 @@ def perplexity(data: pd.DataFrame, title: str) -> alt.Chart | None:
     if sel.empty:
         return None
     return alt.Chart(sel).mark_line(point=True).encode(
-        x=alt.X("width_mult:Q", scale=alt.Scale(type="log", base=2), title="width multiplier k (D = k·d_model)"),
+        x=alt.X("width_mult:Q", scale=alt.Scale(type="log", base=2), title="width multiplier k (D = k·d_model)",
+                axis=alt.Axis(values=sorted(sel["width_mult"].unique().tolist()))),
         y=alt.Y("val_ppl:Q", scale=alt.Scale(zero=False), title="validation perplexity"),
-        color=alt.Color("display:N", title=None), strokeDash=alt.StrokeDash("family:N", title="family", legend=STROKE_LEGEND),
+        color=alt.Color("display:N", title=None),
+        strokeDash=alt.StrokeDash("family:N", title="family", legend=STROKE_LEGEND),
         tooltip=["display", "width_mult", alt.Tooltip("val_ppl:Q", format=".2f")],
     ).properties(width=520, height=300, title=title)
 
@@ -99,10 +103,16 @@ def beta_over_training(data: pd.DataFrame, title: str, site: str = "post") -> al
     if sel.empty:
         return None
     sel["metric"] = sel["metric"].str.replace("_rank", "")
+    # Few widths make intervals huge (t with n−2 dof): the axis follows β, and intervals are clipped to it.
+    lo, hi = float(sel["beta"].min()), float(sel["beta"].max())
+    pad = max(0.2, 0.25 * (hi - lo))
+    y_scale = alt.Scale(domain=[lo - pad, hi + pad])
     base = alt.Chart().encode(x=alt.X("step:Q", title="training step"), color=alt.Color("display:N", title=None))
-    line = base.mark_line(point=True).encode(y=alt.Y("beta:Q", title="β"),
-                                             tooltip=["display", "step", alt.Tooltip("beta:Q", format=".3f")])
-    rules = base.mark_rule(opacity=0.5).encode(y="ci95_low:Q", y2="ci95_high:Q")
+    line = base.mark_line(point=True, clip=True).encode(
+        y=alt.Y("beta:Q", title="β (bars: 95% interval, clipped)", scale=y_scale),
+        tooltip=["display", "step", alt.Tooltip("beta:Q", format=".3f"), alt.Tooltip("ci95_low:Q", format=".3f"),
+                 alt.Tooltip("ci95_high:Q", format=".3f")])
+    rules = base.mark_rule(opacity=0.5, clip=True).encode(y=alt.Y("ci95_low:Q", scale=y_scale), y2="ci95_high:Q")
     return _facet(alt.layer(line, rules), sel, title)
 
 
@@ -135,7 +145,8 @@ def renyi_rho(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     one = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(y=alt.datum(1))
     chart = alt.Chart().mark_line(point=True).encode(
         x=_alpha_axis(sel), y=alt.Y("rho:Q", title="ρ_α = R_α(post) / R_α(pre)"),
-        color=alt.Color("display:N", title=None), tooltip=["display", "alpha_label", alt.Tooltip("rho:Q", format=".3f")])
+        color=alt.Color("display:N", title=None),
+        tooltip=["display", "alpha_label", alt.Tooltip("rho:Q", format=".3f")])
     return _facet(alt.layer(one, chart), sel, title, row=None)
 
 
@@ -170,7 +181,8 @@ def postln(table: pd.DataFrame, title: str) -> alt.Chart | None:
     long["row"] = long["optimizer"] + " k=" + long["width_mult"].astype(str)
     long["ppl"] = pd.to_numeric(long["cell"], errors="coerce")
     order = [c for c in table.columns if c not in ids]
-    base = alt.Chart(long).encode(x=alt.X("postln:N", sort=order, title=None), y=alt.Y("row:N", title=None))
+    top = alt.Axis(labelAngle=0, orient="top")
+    base = alt.Chart(long).encode(x=alt.X("postln:N", sort=order, title=None, axis=top), y=alt.Y("row:N", title=None))
     rect = base.mark_rect().encode(color=alt.Color("ppl:Q", scale=alt.Scale(scheme="oranges"),
                                                    title="val. perplexity"))
     text = base.mark_text(fontSize=13).encode(text="cell:N")
@@ -192,6 +204,7 @@ def paper_scatter(table: pd.DataFrame, title: str) -> alt.Chart | None:
         x=alt.X("paper:Q", title="published β", scale=alt.Scale(domain=lim)),
         y=alt.Y("ours:Q", title="our β", scale=alt.Scale(domain=lim)),
         color=alt.Color("label:N", title=None), shape=alt.Shape("metric:N", title=None),
-        tooltip=["label", "bucket", "metric", alt.Tooltip("paper:Q", format=".2f"), alt.Tooltip("ours:Q", format=".3f")])
+        tooltip=["label", "bucket", "metric", alt.Tooltip("paper:Q", format=".2f"),
+                 alt.Tooltip("ours:Q", format=".3f")])
     return alt.layer(diag, pts).properties(width=360, height=360, title=title)
 

@@ -120,6 +120,7 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
                         array_name(step, layer, site, name), shape=(len(idx), ffn_dim), dtype=dtype,
                         chunks=(min(chunk_rows, max(len(idx), 1)), ffn_dim),
                         serializer=BytesCodec(), compressors=[ZstdCodec(level=1), Crc32cCodec()],
+                        dimension_names=(f"token_{name}", "unit"),  # lets xarray open a (step, layer, site) group
                         attributes={"step": step, "layer": layer, "site": site, "bucket": name,
                                     "N": int(len(idx)), "D": ffn_dim})
                     writers[(layer, site, name)] = _ChunkedWriter(arr, arr.chunks[0])

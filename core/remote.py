@@ -27,6 +27,14 @@ from specscale.cache import RunStore
 # what DVC prints when the remote answers but lacks objects (never pushed, or pushed from elsewhere): not an error
 # for us, the runs are simply computed
 MISSING_MARKS = ("Missing cache files", "missing-files", "do not exist neither locally nor on remote")
+# what it prints when the remote cannot be read at all: an error even if objects are also reported missing
+FAILURE_MARKS = ("failed to connect", "Could not connect", "unexpected error", "Forbidden", "AccessDenied",
+                 "Access Denied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "credentials", "ExpiredToken",
+                 "configuration error", "Permission denied", "timed out")
+
+
+HINT = ("Fix the remote (URL, endpoint, credentials) and rerun, or set SPECSCALE_RESTORE=0 to compute the missing "
+        "runs here instead.")
 
 
 class RemoteError(RuntimeError):
@@ -49,6 +57,19 @@ def default_remote(root: Path) -> str | None:
         print(f"warning: cannot read the DVC config ({err}); not restoring runs from a remote", file=sys.stderr)
         return None
     return config["core"].get("remote") or None
+
+
+def remote_url(root: Path, name: str) -> str | None:
+    from dvc.config import Config
+
+    try:
+        return Config(dvc_dir=str(root / ".dvc"))["remote"][name]["url"]
+    except Exception:  # unknown remote or unreadable config: DVC reports it when pulling
+        return None
+
+
+def _is_missing_only(message: str) -> bool:
+    return any(m in message for m in MISSING_MARKS) and not any(m in message for m in FAILURE_MARKS)
 
 
 def locked_outputs(root: Path) -> set[str]:
@@ -79,17 +100,21 @@ def restore_runs(store: RunStore, stage: str, keys: Iterable[str],
     remote = default_remote(root)
     if remote is None:
         return []
+    url = remote_url(root, remote)
+    if url and "://" not in url and not (root / ".dvc" / url).resolve().is_dir() and not Path(url).is_dir():
+        # a local remote that does not exist is an unmounted share, not an empty cache: DVC would only say the
+        # files are missing, and every run would be recomputed
+        raise RemoteError(f"the DVC remote '{remote}' is the directory {url}, which does not exist (not mounted?). "
+                          f"Nothing local was changed. {HINT}")
     echo(f"[{stage}] {len(missing)} runs missing here: pulling those the remote '{remote}' has")
     targets = [f"{output}/{key}" for key in missing]
     out = pull_targets(root, targets)
     restored = [k for k in missing if store.is_done(stage, k)]
     if out.returncode != 0:
         message = (out.stderr.strip() or out.stdout.strip())[-3000:]
-        if not any(mark in message for mark in MISSING_MARKS):
-            raise RemoteError(
-                f"could not restore runs/{stage} from the DVC remote '{remote}':\n{message}\n"
-                f"Nothing local was changed. Fix the remote (URL, endpoint, credentials) and rerun, or set "
-                f"SPECSCALE_RESTORE=0 to compute the missing runs here instead.")
+        if not _is_missing_only(message):
+            raise RemoteError(f"could not restore runs/{stage} from the DVC remote '{remote}':\n{message}\n"
+                              f"Nothing local was changed. {HINT}")
         echo(f"[{stage}] the remote '{remote}' lacks some of them (never pushed?): they will be computed")
     echo(f"[{stage}] restored {len(restored)} of {len(missing)} missing runs from the remote '{remote}'")
     return restored

@@ -112,7 +112,7 @@ def load_inputs(results: Path) -> dict[str, Any]:
         data[name] = read(cmp_dir / f"{name}.csv", TEXT_COLUMNS.get(name))
     arch = cmp_dir / "arch_vs_optimizer.json"
     data["arch_summary"] = json.loads(arch.read_text()) if arch.exists() else {}
-    summary = results / "compare.json"
+    summary = cmp_dir / "summary.json"
     data["compare_summary"] = json.loads(summary.read_text()) if summary.exists() else {}
     return data
 
@@ -124,7 +124,8 @@ def make_figures(d: dict[str, Any]) -> dict[str, Any]:
     return {
         "rank_width": plots.rank_vs_width(rank_width_data(d["ranks"], d["betas"], d["runs"], g), t["rank_width"])
         if have_fits else None,
-        "beta": plots.beta_intervals(beta_interval_data(d["betas"], d["betas_seeds"], g), t["beta"]) if have_fits else None,
+        "beta": plots.beta_intervals(beta_interval_data(d["betas"], d["betas_seeds"], g), t["beta"])
+        if have_fits else None,
         "delta": plots.deltas(delta_data(d["betas"], g), t["delta"]) if have_fits else None,
         "perplexity": plots.perplexity(d["ppl_by_width"], t["perplexity"]),
         "eigen_decay": plots.eigen_decay(d["eigen_decay"], t["eigen_decay"]),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from specscale.compare import ArchComparison, headline, is_diverged
+from specscale.compare import ArchComparison, headline, is_diverged, with_groups
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PAPER_FILE = DATA_DIR / "paper_published.csv"
@@ -33,9 +33,9 @@ def load_published(path: Path = PAPER_FILE) -> pd.DataFrame:
 def our_cells(betas: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame,
               arch: ArchComparison | None = None) -> pd.DataFrame:
     """Our cells in the published file's shape. Several seeds: the mean over seeds (diverged if any seed is)."""
-    info = groups.set_index("group")[["setting", "varied_d"]]  # optimizer: betas and runs have it
+    cols = ["optimizer", "setting", "varied_d"]
     rows: list[dict] = []
-    sel = headline(betas).join(info, on="group")
+    sel = with_groups(headline(betas), groups, cols)
     for r in sel.itertuples():
         fitted = bool(r.fitted) and np.isfinite(r.beta)
         base = {"optimizer": r.optimizer, "setting": r.setting, "bucket": r.bucket, "width_mult": math.nan}
@@ -44,7 +44,7 @@ def our_cells(betas: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame,
             rows.append({**base, "kind": "delta", "metric": "delta_soft_hard", "ours": r.delta_soft_hard})
         if r.metric == "hard_rank":
             rows.append({**base, "kind": "r2", "metric": "hard_rank", "ours": r.r2 if fitted else math.nan})
-    for r in runs.join(info, on="group").itertuples():
+    for r in with_groups(runs, groups, cols).itertuples():
         kind = "postln_ppl" if "model.postln_fraction" in r.varied_d else "val_ppl"
         rows.append({"kind": kind, "optimizer": r.optimizer, "setting": r.setting, "bucket": "", "metric": "val_ppl",
                      "width_mult": float(r.width_mult), "ours": r.val_ppl,

@@ -58,8 +58,9 @@ def _study(d: dict[str, Any], ctx: dict[str, Any]) -> Section:
     s = Section("Study")
     s.paragraphs.append(f"**Preset** `{ctx.get('preset', '?')}`; reference optimizer "
                         f"`{ctx.get('reference_optimizer', 'adamw')}`.")
-    if ctx.get("model"):
-        s.paragraphs.append("**Model** " + ", ".join(f"{k} {v}" for k, v in ctx["model"].items()) + ".")
+    for key, name in (("model", "Model"), ("train", "Training")):
+        if ctx.get(key):
+            s.paragraphs.append(f"**{name}** " + ", ".join(f"{k} {v}" for k, v in ctx[key].items()) + ".")
     if sweep:
         s.paragraphs.append(f"**Sweep** optimizers {', '.join(map(str, sweep.get('optimizers', [])))}; width "
                             f"multipliers k ∈ {sweep.get('widths')}; seeds {sweep.get('seeds')}.")
@@ -82,7 +83,8 @@ def _betas(d: dict[str, Any]) -> Section:
     s = Section("Scaling exponents β", figures=["rank_width", "beta", "delta"])
     s.paragraphs.append("β is the slope of ln(rank) on ln(D) over widths (OLS, 95% t-interval). Read a trained β "
                         "against its step-0 baseline: at small scale the untrained network already scales.")
-    s.tables.append(("β (post site): trained with 95% interval, step-0 baseline, R²", rt.beta_summary(d["betas"], d["groups"])))
+    s.tables.append(("β (post site): trained with 95% interval, step-0 baseline, R²",
+                     rt.beta_summary(d["betas"], d["groups"])))
     seeds = rt.seeds_summary(d["betas_seeds"])
     if seeds.empty:
         s.paragraphs.append("One seed per configuration: no between-seed interval.")
@@ -109,7 +111,7 @@ def _matched(d: dict[str, Any]) -> Section:
         ppl = d["matched_loss_ppl"]
         if not ppl.empty:
             wide = ppl.pivot_table(index=["pair", "role", "display", "steps"], columns="width_mult",
-                                   values="val_ppl").reset_index()
+                                   values="val_ppl").round(2).reset_index()
             wide.columns = [f"{c}×" if isinstance(c, (int, float)) else c for c in wide.columns]
             s.tables.append(("Matched loss: validation perplexity by width", wide))
     return s
@@ -154,7 +156,14 @@ def _paper(d: dict[str, Any]) -> Section:
         s.paragraphs.append(f"**Note:** {note}.")
     s.paragraphs.append("Published numbers: Jha & Reagen (2026), arXiv:2605.21803, as in "
                         "`core/data/paper_published.csv`.")
-    s.tables.append(("Published vs ours", rt.paper_summary(d["paper_side_by_side"])))
+    paper = d["paper_side_by_side"]
+    if paper.empty:
+        s.paragraphs.append("No side-by-side table (results/compare/paper_side_by_side.csv is missing).")
+        return s
+    ours = paper[paper["ours"].notna() | paper["ours_diverged"].astype(bool)]
+    s.paragraphs.append(f"{len(paper) - len(ours)} of {len(paper)} published cells have no counterpart in this "
+                        "study (all are listed in `results/compare/paper_side_by_side.csv`).")
+    s.tables.append(("Published vs ours (cells present in both)", rt.paper_summary(ours)))
     return s
 
 

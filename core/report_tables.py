@@ -80,8 +80,8 @@ def beta_summary(betas: pd.DataFrame, groups: pd.DataFrame, site: str = "post") 
         row["Δ₁,₂"] = float(soft["delta_soft_hard"].iloc[0]) if len(soft) else math.nan
         row["n widths"] = int(part["n_widths"].max())
         rows.append(row)
-    cols = ["group", "bucket", "β soft", "β hard", "Δ₁,₂", "β soft step 0", "β hard step 0", "R² soft", "R² hard",
-            "n widths"]
+    cols = ["group", "bucket", "β soft", "β hard", "Δ₁,₂", "β soft step 0", "β hard step 0", "R² soft",
+            "R² hard", "n widths"]
     table = pd.DataFrame(rows)
     return bucket_sort(table.reindex(columns=cols)).sort_values("group", kind="stable").reset_index(drop=True)
 

@@ -52,7 +52,7 @@ def _copy_subset(src: zarr.Group, dst_path: Path, names: list[str]) -> None:
         arr = src[name]
         out = dst.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=arr.chunks,
                                compressors=arr.compressors, serializer=arr.serializer,
-                               attributes=dict(arr.attrs))
+                               attributes=dict(arr.attrs), dimension_names=arr.metadata.dimension_names)
         for start in range(0, arr.shape[0], arr.chunks[0]):
             out[start:start + arr.chunks[0]] = arr[start:start + arr.chunks[0]]
 

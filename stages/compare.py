@@ -13,7 +13,8 @@ Outputs (results/compare/, every file always written, empty when its family is n
   eigen_decay.csv           normalised eigenvalue decay, post site, GLOBAL, widest width, last step and step 0
   paper_side_by_side.csv    our cells beside the published ones (science.md §8)
   rank_width.json, beta_intervals.json   data of the `dvc plots` definitions in dvc.yaml
-results/compare.json: the headline counts, as DVC metrics.
+  summary.json              the counts below plus the preset and the paper note (text), for the report
+results/compare.json: the headline counts (numbers only), as DVC metrics.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from specscale import compare as cmp
@@ -123,7 +123,8 @@ def write_compare(results: Path, spectra_root: Path, preset: str, reference: str
     out.mkdir(parents=True, exist_ok=True)
     runs, ranks = read_csv(results / "runs.csv"), read_csv(results / "ranks.csv")
     betas, seeds = read_csv(results / "betas.csv"), read_csv(results / "betas_seeds.csv")
-    runs["optim_extra"] = runs["run"].map(optim_extra or {}).fillna("")
+    extras = optim_extra or {}
+    runs["optim_extra"] = [extras.get(key, "") for key in runs["run"]]
     groups = cmp.group_table(runs)
     tables: dict[str, pd.DataFrame] = {"groups": groups.drop(columns="varied_d")}
     arch = cmp.compare_arch_vs_optimizer(betas, groups, reference)
@@ -150,11 +151,13 @@ def write_compare(results: Path, spectra_root: Path, preset: str, reference: str
         beta_plot["series"] = beta_plot["metric"] + " · " + beta_plot["series"]
         beta_plot["row"] = beta_plot["display"] + " · " + beta_plot["bucket"]
     (out / "beta_intervals.json").write_text(json.dumps(_records(beta_plot)))
-    summary = {"preset": preset, "paper_note": paper_note,
-               "arch_vs_optimizer": {"k": arch.k, "n": arch.n, "missing": len(arch.missing)},
+    # Numbers only in the DVC metrics file (text would make `dvc metrics show` unreadable); the text beside it.
+    metrics = {"arch_vs_optimizer": {"k": arch.k, "n": arch.n, "missing": len(arch.missing)},
                "groups": int(len(groups)), "runs": int(len(runs)),
                "diverged_runs": int(ppl["diverged"].sum()) if len(ppl) else 0}
-    (results / "compare.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (results / "compare.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    summary = {**metrics, "preset": preset, "paper_note": paper_note, "arch_sentence": arch.sentence()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return summary
 
 

@@ -47,10 +47,24 @@ def git_commit(project: Path, message: str) -> None:
     run(["git", *GIT_ID, "commit", "-qm", message, "--allow-empty"], project)
 
 
+def pipeline_files() -> list[str]:
+    """Top-level files and folders the pipeline needs: DVC's own, and every dependency in dvc.yaml that lives in
+    the repository (code, specs, templates, README), read from dvc.yaml so that new stages need no edit here."""
+    names = {"dvc.yaml", ".dvc", ".dvcignore", ".gitignore", "specs", "core", "stages"}
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for stage in spec.get("stages", {}).values():
+        names.update(str(dep).split("/")[0] for dep in stage.get("deps", []))
+    for plot in spec.get("plots", []):
+        for value in (plot.values() if isinstance(plot, dict) else []):
+            if isinstance(value, dict) and value.get("template"):
+                names.add(str(value["template"]).split("/")[0])
+    return sorted(n for n in names if (REPO / n).exists() and n not in ("runs", "results"))
+
+
 def make_project(root: Path, params: dict) -> Path:
     """Copy the pipeline (dvc.yaml, code, specs, DVC config) into `root`, write params.yaml, commit it to git."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore"):
+    for name in pipeline_files():
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp",

@@ -179,6 +179,11 @@ def test_eigenvalues_descending_clamped_and_correct() -> None:
     assert renyi_rank(eigs, 0.0) == pytest.approx(19.0)  # numerical rank N − 1
     np.testing.assert_array_equal(eigenvalues(np.diag([-1.0, 2.0, 0.0])), [2.0, 1e-12, 1e-12])
     np.testing.assert_allclose(eigenvalues(torch.from_numpy(cov), device="cpu"), eigs, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(eigenvalues(cov, backend="numpy"), eigs, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError):
+        eigenvalues(cov, backend="scipy")
+    with pytest.raises(ValueError):
+        eigenvalues(np.ones((3, 4)))
 
 
 def test_invalid_use_raises() -> None:

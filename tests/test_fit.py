@@ -79,8 +79,11 @@ def test_add_deltas_matches_published_deltas(our_table: pd.DataFrame) -> None:
 def test_add_deltas_without_a_partner_metric_is_not_fitted() -> None:
     table = fit_points(
         pd.DataFrame(
-            {"model": "m", "optimizer": "o", "bucket": "TAIL", "metric": "soft_rank", "ffn_dim": [1, 2, 4], "rank": [1, 2, 3]}
-        )
+            {
+                "model": "m", "optimizer": "o", "bucket": "TAIL", "metric": "soft_rank",
+                "ffn_dim": [1, 2, 4], "rank": [1.0, 2.0, 3.0],
+            }
+        )  # fmt: skip
     )
     out = add_deltas(table)
     delta = out[out["metric"] == DELTA_METRIC].iloc[0]

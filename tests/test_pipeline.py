@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 PARAMS = {
     "preset": "smoke",
-    "data": {}, "model": {}, "train": {}, "probe": {}, "fit": {}, "optim": {},
+    "data": {}, "model": {}, "train": {}, "probe": {"keep_activations": "post-last"}, "fit": {}, "optim": {},
     "sweep": {"optimizers": ["adamw", "muon"], "widths": [1, 2, 3], "seeds": [0]},
     "ablations": {"blowup": {"vary": {"train.steps": [40]}, "optimizers": ["adamw"], "widths": [1],
-                             "optim": {"adamw": {"lr": 300.0}}}},
+                             "optim": {"adamw": {"lr": 300.0, "head_lr": 300.0}}}},
     "launcher": {"cluster": "debug", "max_parallel": 1},
 }
 
@@ -38,7 +38,7 @@ def _write_params(project: Path, params: dict) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke")
-    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore", "README.md"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
@@ -83,7 +83,7 @@ def test_zarr_and_xarray_outputs_carry_labels(project: Path) -> None:
     import xarray as xr
 
     key = sorted(_finished(project, "spectra"))[0]
-    ds = xr.open_zarr(project / "runs/spectra" / key / "spectra.zarr")
+    ds = xr.open_zarr(project / "runs/spectra" / key / "spectra.zarr", consolidated=False)
     assert set(ds["eigenvalues"].dims) == {"step", "layer", "site", "bucket", "mode"}
     assert set(ds["bucket"].values) >= {"HEAD", "GLOBAL"}
     eig = ds["eigenvalues"].sel(site="post", bucket="GLOBAL").isel(step=-1, layer=0).values
@@ -112,3 +112,51 @@ def test_deleting_one_spectra_run_recomputes_it_alone(project: Path) -> None:
     assert "[spectra] 7 runs: 6 cached, 1 to compute" in out
     assert "[train]" not in out or "0 to compute" in out
     assert victim in _finished(project, "spectra")
+
+
+def test_kept_activations_open_with_zarr_and_xarray(project: Path) -> None:
+    import xarray as xr
+    import zarr
+
+    key = sorted(_finished(project, "activations"))[0]
+    run = project / "runs/activations" / key
+    manifest = json.loads((run / "manifest.json").read_text())
+    last = max(manifest["steps"])
+    group = zarr.open_group(str(run / "acts.zarr"), mode="r")
+    arr = group[f"step_{last:06d}/L00/post/TAIL"]
+    assert arr.shape == (manifest["sets"]["TAIL"], manifest["D"])
+    assert dict(arr.attrs) | {} == {"step": last, "layer": 0, "site": "post", "bucket": "TAIL",
+                                     "N": manifest["sets"]["TAIL"], "D": manifest["D"]}
+    assert f"step_{last:06d}/L00/pre/TAIL" not in group  # post-last keeps the post site of the last step only
+    ds = xr.open_zarr(run / "acts.zarr", group=f"step_{last:06d}/L01/post", consolidated=False)
+    assert ds["GLOBAL"].shape == (manifest["sets"]["GLOBAL"], manifest["D"])
+
+
+def test_corrupt_activation_chunk_is_detected_and_regenerated(project: Path) -> None:
+    """A damaged chunk in the scratch store must never be read as data: spectra regenerates and gets the same result."""
+    import glob
+
+    import numpy as np
+    import xarray as xr
+
+    from specscale.cache import RunStore
+    from specscale.stages.activations import ensure_activations
+    from specscale.train import resolve_device
+
+    key = sorted(_finished(project, "spectra"))[-1]
+    spectra_dir = project / "runs/spectra" / key
+    before = xr.open_zarr(spectra_dir / "spectra.zarr", consolidated=False)["eigenvalues"].values
+    spec = json.loads((spectra_dir / "spec.json").read_text())
+    store = RunStore(project)
+    scratch = ensure_activations(spec, store, resolve_device("cpu"))
+    chunks = sorted(glob.glob(str(scratch / "acts.zarr" / "step_*" / "L00" / "post" / "GLOBAL" / "c" / "**" / "*"),
+                          recursive=True))
+    chunk = Path([c for c in chunks if Path(c).is_file()][0])
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte in the middle of the compressed chunk
+    chunk.write_bytes(bytes(data))
+    shutil.rmtree(spectra_dir)
+    out = _run(["dvc", "repro"], project).stdout
+    assert "unreadable" in out and "regenerating" in out, out[-3000:]
+    after = xr.open_zarr(spectra_dir / "spectra.zarr", consolidated=False)["eigenvalues"].values
+    np.testing.assert_allclose(after, before, rtol=1e-10, equal_nan=True)

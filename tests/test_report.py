@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,12 @@ def make_results(root: Path) -> Path:
                             rows.append(row)
             pd.DataFrame(rows).to_csv(spectra / "ranks.csv", index=False)
             if not arm["varied"] and k == max(arm["widths"]):  # the eigen-decay figure reads the widest only
-                xr.Dataset({"eigenvalues": (("step", "layer", "site", "bucket", "mode"), eig)},
-                           coords={"step": list(STEPS), "layer": list(range(LAYERS)), "site": ["pre", "post"],
-                                   "bucket": list(BUCKETS), "mode": list(range(D))}
-                           ).to_zarr(str(spectra / "spectra.zarr"), consolidated=False)
+                with warnings.catch_warnings():  # zarr: "fixed-length strings have no v3 specification"
+                    warnings.simplefilter("ignore")
+                    xr.Dataset({"eigenvalues": (("step", "layer", "site", "bucket", "mode"), eig)},
+                               coords={"step": list(STEPS), "layer": list(range(LAYERS)), "site": ["pre", "post"],
+                                       "bucket": list(BUCKETS), "mode": list(range(D))}
+                               ).to_zarr(str(spectra / "spectra.zarr"), consolidated=False)
     runs_df = pd.DataFrame(runs)
     extras = {r["run"]: r["_arm"]["extra"] for r in runs}
     runs_df = runs_df.drop(columns="_arm")
@@ -137,7 +140,8 @@ def test_compare_files_on_synthetic_set(built: Path) -> None:
     assert postln.loc[postln["optimizer"] == "adamw lr=0.0001", "Full"].item() == "×"
     assert postln.loc[postln["optimizer"] == "muon", "Full"].item() != "×"
     ml = pd.read_csv(out / "matched_loss_beta.csv")
-    assert set(ml["pair"]) == {"adamw steps=80"} and ml["beta_long"].notna().all()
+    assert set(ml["pair"]) == {"adamw steps=80 seed=0"} and ml["beta_long"].notna().all()
+    assert set(ml["closest_ppl"]) == {"muon seed=0"}  # the base optimizer of closest perplexity
     bot = pd.read_csv(out / "beta_over_training.csv")
     assert set(bot["step"]) == set(STEPS)
     assert (pd.read_csv(out / "renyi.csv")["rho"] > 0).all()
@@ -161,12 +165,15 @@ def test_report_has_every_figure_offline(built: Path) -> None:
     assert "Probe set" in html  # the choices where the paper is silent
 
 
-def test_report_says_what_is_missing(tmp_path: Path) -> None:
-    """Only the fit stage's files, one optimizer, no ablation: every section still renders or says why not."""
+def test_report_says_what_is_missing(built: Path, tmp_path: Path) -> None:
+    """One optimizer, no ablation, no seeds file, no spectra: every section still renders or says why not."""
+    import shutil
+
     from specscale.report import build_report
     from specscale.stages.compare import write_compare
 
-    results = make_results(tmp_path)
+    results = tmp_path / "results"
+    shutil.copytree(built / "results", results, ignore=shutil.ignore_patterns("compare*"))
     runs = pd.read_csv(results / "runs.csv")
     keep = runs[(runs["optimizer"] == "adamw") & (runs["varied"] == "{}") & (runs["seed"] == 0)]
     keep.to_csv(results / "runs.csv", index=False)

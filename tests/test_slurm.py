@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import time
@@ -99,17 +100,16 @@ def test_repro_runs_every_fan_out_stage_as_one_job_array(slurm_project: Path) ->
     log = (slurm_project / "first_repro.log").read_text()
     for stage in ("train", "activations", "spectra"):
         assert f"[{stage}] 3 runs: 0 cached, 3 to compute" in log
-        assert f"[{stage}] submitted job array" in log, log[-3000:]
+        arrays = re.findall(rf"\[{stage}\] submitted job array (\d+) with 3 tasks", log)
+        assert len(arrays) == 1, log[-3000:]
         ids = _job_ids(slurm_project, stage)
-        print(f"{stage} runs ran as SLURM jobs (job id/array task): {sorted(ids.values())}")
-        assert len(ids) == 3 and all(v.split("/")[0] not in ("None", "") for v in ids.values())
-        arrays = {v.split("/")[0] for v in ids.values()}
-        tasks = {v.split("/")[1] for v in ids.values()}
-        # one array per stage: every run of a stage shares one SLURM_JOB_ID... of its own task, so compare the
-        # array ids printed by the launcher with the tasks 0..2
-        assert tasks == {"0", "1", "2"}, ids
-        assert arrays, ids
+        print(f"{stage}: job array {arrays[0]}, runs ran as SLURM jobs (job id/array task) {sorted(ids.values())}")
+        assert len(ids) == 3 and all(v.split("/")[0].isdigit() for v in ids.values()), ids
+        assert {v.split("/")[1] for v in ids.values()} == {"0", "1", "2"}, ids
+        logs = slurm_project / "runs/.submitit" / stage
+        assert all((logs / f"{arrays[0]}_{task}_0_log.out").exists() for task in range(3))
     assert (slurm_project / "results/betas.json").exists()
+    assert not json.loads((slurm_project / "runs/.jobs/train.json").read_text()), "finished jobs are forgotten"
 
 
 @pytest.mark.slurm
@@ -128,11 +128,6 @@ def _records(project: Path) -> dict[str, dict]:
         return json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError:  # being rewritten
         return {}
-
-
-def _squeue_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%T", "-j", job_id], capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def _wait(condition, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -195,7 +190,10 @@ def test_preempted_job_resumes_and_cancelled_job_fails_alone(slurm_project: Path
     assert len(finished(project, "spectra")) == 5
     new_job = provenance(project, "train", cancelled)["slurm_job_id"]
     assert new_job and new_job != c_rec["job_id"].split("_")[0]
-    c_out = next(Path(c_rec["folder"]).glob(f"*_{provenance(project, 'train', cancelled)['slurm_array_task_id']}_0_log.out"))
-    print(f"rerun of the cancelled run: job {new_job}")
+    array = re.findall(r"\[train\] submitted job array (\d+) with 1 task ", rerun.stdout)
+    assert len(array) == 1, rerun.stdout[-3000:]
+    print(f"rerun of the cancelled run: job array {array[0]} (SLURM_JOB_ID {new_job})")
+    # a one-task array is submitted as a plain job: its log is <id>_0_log.out, not <id>_0_0_log.out
+    (rerun_log,) = Path(c_rec["folder"]).glob(f"{array[0]}_*log.out")
+    assert "resumed from step" in rerun_log.read_text()
     assert json.loads((project / "runs/train" / cancelled / "result.json").read_text())["steps_done"] == LONG_STEPS
-    assert c_out.exists()

@@ -1,0 +1,48 @@
+"""report stage (aggregate): report/index.html (self-contained, renders offline), report/figures/*.png and
+*.vl.json, report/summary.md, from results/*.csv and the compare stage's results/compare/*.
+
+The study description (preset, sweep, ablations, probe token counts) comes from the resolved plan; the choices made
+where the paper is silent are read from README.md's "Choices where the paper is silent" at build time, so the
+report never drifts from the documentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specscale.cache import RunStore
+from specscale.plan import StudyPlan
+from specscale.report import build_report, parse_choices
+from specscale.spec import to_container
+
+
+def study_context(plan: StudyPlan) -> dict[str, Any]:
+    study = plan.study
+    model = to_container(study.model)
+    probe = to_container(study.probe)
+    return {
+        "preset": str(study.preset),
+        "reference_optimizer": str(study.fit.reference_optimizer),
+        "model": {k: model[k] for k in ("d_model", "n_layers", "n_heads", "pos_encoding", "postln_fraction")},
+        "sweep": to_container(study.sweep),
+        "ablations": {name: {k: v for k, v in to_container(arm).items() if v not in (None, {}, [])}
+                      for name, arm in study.ablations.items()},
+        "probe": {k: probe[k] for k in ("tokens_per_bucket", "pooled_tokens", "alphas")},
+        "train": {"steps": int(study.train.steps), "last_k": int(study.fit.last_k)},
+    }
+
+
+def main(plan: StudyPlan, store: RunStore) -> int:
+    root = store.project_root
+    results = root / "results"
+    if not (results / "compare").is_dir():
+        print("[report] results/compare/ missing: run `dvc repro compare` first")
+        return 1
+    readme = root / "README.md"
+    choices = parse_choices(readme.read_text(encoding="utf-8")) if readme.exists() else []
+    if not choices:
+        print("[report] WARNING: README.md has no 'Choices where the paper is silent' section; the report lists "
+              "only its own choices")
+    index = build_report(results, root / "report", study_context(plan), choices)
+    print(f"[report] wrote {index.relative_to(root)}, {index.parent.relative_to(root)}/summary.md and figures/")
+    return 0
