@@ -48,7 +48,7 @@ REPORT_CHOICES = [
     f"Optimizer vs architecture: counted over buckets {', '.join(COUNTED_BUCKETS)} × soft/hard (the paper's 30 = "
     "5 optimizers × 3 buckets × 2 metrics); GLOBAL cells are listed but not counted. A tie counts as not exceeding; "
     "a cell not fitted or absent is missing and excluded from n.",
-    "The base of an ablation is the group with the same optimizer *and the same optimizer overrides* and seed and no "
+    "The base of an ablation is the group with the same optimizer, the same optimizer overrides (e.g. lr) and seed, and no "
     "varied field; the optimizer gain is computed per seed within the base architecture.",
     "Curves (rank vs width, eigenvalue decay, Rényi) show the lowest seed; the β figure shows every seed and, with "
     "≥ 2 seeds, the between-seed interval.",

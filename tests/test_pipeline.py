@@ -38,7 +38,7 @@ def _write_params(project: Path, params: dict) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke")
-    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore", "README.md"):
+    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore", "README.md", "dvc_plots"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
