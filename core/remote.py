@@ -45,26 +45,19 @@ def restore_enabled() -> bool:
     return os.environ.get("SPECSCALE_RESTORE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def default_remote(root: Path) -> str | None:
-    """The name of the project's default DVC remote (every config level merged, config.local included), or None."""
+def default_remote(root: Path) -> tuple[str, str] | None:
+    """(name, URL) of the project's default DVC remote, every config level merged (config.local included; a
+    relative local path comes back absolute), or None."""
     if not (root / ".dvc").is_dir():
         return None
     from dvc.config import Config  # imported here: only stages that may restore pay for it
 
     try:
         config = Config(dvc_dir=str(root / ".dvc"))
+        name = config["core"].get("remote")
+        return (name, str(config["remote"][name]["url"])) if name else None
     except Exception as err:  # a broken config is DVC's to report; restoring is an optimisation
         print(f"warning: cannot read the DVC config ({err}); not restoring runs from a remote", file=sys.stderr)
-        return None
-    return config["core"].get("remote") or None
-
-
-def remote_url(root: Path, name: str) -> str | None:
-    from dvc.config import Config
-
-    try:
-        return Config(dvc_dir=str(root / ".dvc"))["remote"][name]["url"]
-    except Exception:  # unknown remote or unreadable config: DVC reports it when pulling
         return None
 
 
@@ -97,11 +90,11 @@ def restore_runs(store: RunStore, stage: str, keys: Iterable[str],
     output = store.stage_dir(stage).relative_to(root).as_posix()
     if not missing or not restore_enabled() or output not in locked_outputs(root):
         return []
-    remote = default_remote(root)
-    if remote is None:
+    found = default_remote(root)
+    if found is None:
         return []
-    url = remote_url(root, remote)
-    if url and "://" not in url and not (root / ".dvc" / url).resolve().is_dir() and not Path(url).is_dir():
+    remote, url = found
+    if "://" not in url and not Path(url).is_dir():
         # a local remote that does not exist is an unmounted share, not an empty cache: DVC would only say the
         # files are missing, and every run would be recomputed
         raise RemoteError(f"the DVC remote '{remote}' is the directory {url}, which does not exist (not mounted?). "

@@ -7,6 +7,7 @@ commands, never in the repository):
 - D pulls one spectra run and gets neither checkpoints nor any other run.
 - An unreachable remote or wrong credentials fail with a clear error and lose nothing local.
 
+End-to-end and a few minutes long, hence marked `slow`: `python -m pytest -m slow tests/test_remote.py`.
 The S3 variants skip when dvc-s3 or moto[server] are not installed (`pip install "dvc-s3" "moto[server]"`).
 Byte counts of the remote and of what was pulled are printed (`pytest -s`).
 """
@@ -22,11 +23,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from smoke_project import du, finished, git_commit, listing, make_project, run, smoke_params, write_params
+
+pytestmark = pytest.mark.slow
 
 BUCKET = "specscale-test"
 S3_MISSING = [m for m in ("dvc_s3", "moto", "boto3", "flask") if importlib.util.find_spec(m) is None]
@@ -43,7 +46,7 @@ class Remote:
     url: str
     endpoint: str | None = None  # S3: the moto server, a machine-local setting (config.local)
     env: dict[str, str] = field(default_factory=dict)
-    size: callable = None  # bytes stored in the remote
+    size: Callable[[], int] = lambda: 0  # bytes stored in the remote
 
     def add(self, project: Path, name: str = "store", local: bool = False) -> None:
         """Make this the default remote of `project`: in .dvc/config (committed with it), or with `local` in
@@ -198,7 +201,9 @@ def _bad_remotes(remote: Remote, tmp_path: Path) -> Iterator[tuple[str, Remote]]
         blocker.write_text("a file where the share should be mounted")
         yield "unreachable", Remote("local", str(blocker / "store"))
     else:
-        yield "unreachable", Remote("s3", remote.url, f"http://127.0.0.1:{_free_port()}", dict(S3_ENV))
+        # one attempt instead of botocore's retries with back-off (≈ 30 s per command): same error, sooner
+        yield "unreachable", Remote("s3", remote.url, f"http://127.0.0.1:{_free_port()}",
+                                    {**S3_ENV, "AWS_MAX_ATTEMPTS": "1"})
         with moto_server(require_auth=True) as endpoint:
             yield "wrong credentials", Remote("s3", remote.url, endpoint, dict(S3_ENV))
 
