@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from smoke_project import finished as _finished
+from smoke_project import make_project, run as _run, write_params as _write_params
 
 PARAMS = {
     "preset": "smoke",
@@ -23,38 +21,12 @@ PARAMS = {
 }
 
 
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
-    return out
-
-
-def _write_params(project: Path, params: dict) -> None:
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smoke")
-    for name in ("dvc.yaml", "specs", "core", "stages", ".dvc", ".dvcignore", ".gitignore", "README.md", "dvc_plots"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
-    shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
-    _write_params(root, PARAMS)
-    _run(["git", "init", "-q"], root)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
+    root = make_project(tmp_path_factory.mktemp("smoke"), PARAMS)
     first = _run(["dvc", "repro"], root, check=False)
     (root / "first_repro.log").write_text(first.stdout + first.stderr)
     return root
-
-
-def _finished(project: Path, stage: str) -> set[str]:
-    d = project / "runs" / stage
-    return {p.name for p in d.iterdir() if (p / "_SUCCESS").exists()} if d.exists() else set()
 
 
 def test_first_repro_runs_every_stage_and_records_divergence(project: Path) -> None:
