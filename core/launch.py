@@ -54,6 +54,8 @@ def run_task(stage: str, key: str, project_root: str) -> str:
     spec = read_json(work / "spec.json")
     started = time.time()
     result = module.run_one(spec, work, store) or {}
+    if result.get("rank", 0) != 0:  # a multi-process run (one task per GPU): rank 0 alone commits
+        return key
     device = result.pop("device", "cpu")
     drop = result.pop("drop", ())
     store.commit(stage, key, device=device, wall_time_s=time.time() - started, extra=result, drop=drop)
@@ -145,14 +147,18 @@ def make_executor(launcher: Any, folder: Path, stage: str) -> submitit.Executor:
     """Always name the cluster: AutoExecutor would pick SLURM whenever `srun` is on PATH (pitfalls.md)."""
     executor = submitit.AutoExecutor(folder=folder, cluster=launcher.cluster)
     params: dict[str, Any] = {"timeout_min": int(launcher.timeout_min), "name": f"specscale-{stage}"}
+    # Training spreads one run over every GPU of the node (one task per GPU, DDP inside the run, see
+    # distributed.py); the measurement stages use one GPU per run.
+    gpus = int(launcher.gpus_per_node) if stage == "train" else min(1, int(launcher.gpus_per_node))
+    tasks = max(1, gpus)
     if launcher.cluster == "slurm":
         params.update(
             slurm_partition=launcher.partition,
             slurm_array_parallelism=int(launcher.array_parallelism),
             # no --gpus-per-node=0 on CPU jobs: clusters without GPU gres may reject any gres request
-            gpus_per_node=int(launcher.gpus_per_node) or None,
+            gpus_per_node=gpus or None,
             nodes=int(launcher.nodes),
-            tasks_per_node=1,
+            tasks_per_node=tasks,
             cpus_per_task=int(launcher.cpus_per_task),
             mem_gb=int(launcher.mem_gb),
             slurm_setup=list(launcher.setup),
@@ -164,7 +170,8 @@ def make_executor(launcher: Any, folder: Path, stage: str) -> submitit.Executor:
             params["slurm_qos"] = launcher.qos
         params = {k: v for k, v in params.items() if v is not None}
     elif launcher.cluster == "local" and launcher.gpus_per_node:
-        params["gpus_per_node"] = int(launcher.gpus_per_node)  # the local executor hides GPUs unless told
+        params["gpus_per_node"] = gpus  # the local executor hides GPUs unless told
+        params["tasks_per_node"] = tasks
     executor.update_parameters(**params)
     return executor
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from specscale import distributed
+from specscale.distributed import DistContext
 from specscale.model import GPT, ModelShape
 from specscale.optim import build_optimizer, roles_from_names
 from specscale.shards import TokenWindows, open_tokens
@@ -79,25 +81,30 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 @torch.no_grad()
 def evaluate(model: GPT, windows: TokenWindows, n_tokens: int, batch_size: int, device: torch.device,
-             precision: str) -> float:
-    """Mean cross-entropy (nats/token) on the first n_tokens of the validation split, in order."""
+             precision: str, ctx: DistContext = DistContext()) -> float:
+    """Mean cross-entropy (nats/token) on the first n_tokens of the validation split; batches shared out over ranks."""
     model.eval()
     total, count = 0.0, 0
-    for x, y in windows.sequential(batch_size, max_tokens=n_tokens):
+    for i, (x, y) in enumerate(windows.sequential(batch_size, max_tokens=n_tokens)):
+        if i % ctx.world_size != ctx.rank:
+            continue
         x, y = x.to(device), y.to(device)
         with autocast_context(device, precision):
             loss = model.loss(x, y)
         total += loss.item() * y.numel()
         count += y.numel()
     model.train()
+    total, count = distributed.sum_across_ranks([total, float(count)], ctx, device)
     return total / max(count, 1)
 
 
 class Trainer:
     """Holds model, optimizer and data; `step(i)` performs optimizer step i (0-based) with grad accumulation."""
 
-    def __init__(self, spec: dict[str, Any], tokens_dir: Path, device: torch.device) -> None:
+    def __init__(self, spec: dict[str, Any], tokens_dir: Path, device: torch.device,
+                 ctx: DistContext = DistContext()) -> None:
         self.spec = spec
+        self.ctx = ctx
         self.train_cfg = spec["train"]
         self.device = device
         meta = json.loads((tokens_dir / "tokens.json").read_text())
@@ -105,13 +112,20 @@ class Trainer:
         self.train_windows = TokenWindows(open_tokens(tokens_dir / "train.bin"), self.train_cfg["seq_len"])
         self.val_windows = TokenWindows(open_tokens(tokens_dir / "val.bin"), self.train_cfg["seq_len"])
         self.model = build_model(spec, self.vocab_size, device)
+        # Forward/backward through DDP (averages gradients over ranks); the optimizer acts on the raw parameters.
+        self.forward_model = (torch.nn.parallel.DistributedDataParallel(self.model) if ctx.active else self.model)
         named = list(self.model.named_parameters())
         opt = spec["optim"]
         self.optimizer = build_optimizer(roles_from_names(named), opt["name"], opt["hparams"],
                                          d_model=spec["model"]["d_model"])
-        micro = self.train_cfg["micro_batch_size"] or self.train_cfg["batch_size"]
+        per_rank = self.train_cfg["batch_size"] // ctx.world_size
+        if per_rank * ctx.world_size != self.train_cfg["batch_size"]:
+            raise ValueError(f"train.batch_size={self.train_cfg['batch_size']} must divide over {ctx.world_size} ranks")
+        micro = min(self.train_cfg["micro_batch_size"] or per_rank, per_rank)
+        if per_rank % micro:
+            raise ValueError(f"train.micro_batch_size={micro} must divide the per-rank batch {per_rank}")
         self.micro_batch = micro
-        self.accum = self.train_cfg["batch_size"] // micro
+        self.accum = per_rank // micro
 
     def set_lr(self, step: int) -> float:
         factor = lr_factor(step, self.train_cfg["steps"], self.train_cfg["decay_fraction"])
@@ -123,17 +137,25 @@ class Trainer:
         """One optimizer step on the batch for `step` (deterministic in (seed, step)); returns the mean loss."""
         self.set_lr(step)
         indices = self.train_windows.sample_indices(step, self.train_cfg["batch_size"], self.spec["seed"])
+        per_rank = len(indices) // self.ctx.world_size
+        indices = indices[self.ctx.rank * per_rank:(self.ctx.rank + 1) * per_rank]  # this rank's shard
         total = 0.0
         for a in range(self.accum):
             x, y = self.train_windows.batch(indices[a * self.micro_batch:(a + 1) * self.micro_batch])
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast_context(self.device, self.train_cfg["precision"]):
-                loss = self.model.loss(x, y) / self.accum
+                loss = _loss(self.forward_model, x, y) / self.accum
             loss.backward()
             total += loss.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(total)
+        return distributed.mean_across_ranks(float(total), self.ctx, self.device)
+
+
+def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy through `model`'s forward (so DDP's gradient hooks see the call)."""
+    logits = model(x)
+    return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
 
 
 def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int = 0, resume_every: int = 50,
@@ -142,15 +164,26 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
     if threads:
         torch.set_num_threads(threads)
     cfg = spec["train"]
-    device = resolve_device(cfg["device"])
-    trainer = Trainer(spec, tokens_dir, device)
+    ctx, device = distributed.setup(resolve_device(cfg["device"]))
+    try:
+        return _train(spec, work, tokens_dir, device, ctx, resume_every, progress_every_s)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.device, ctx: DistContext,
+           resume_every: int, progress_every_s: float) -> dict[str, Any]:
+    cfg = spec["train"]
+    main = ctx.is_main  # only rank 0 writes
+    trainer = Trainer(spec, tokens_dir, device, ctx)
     steps = cfg["steps"]
     logged = set(logged_steps(steps, cfg["log_every"]))
     kept = set(kept_checkpoints(steps, cfg["log_every"], cfg["keep_checkpoints"], cfg["keep_all_checkpoints"]))
     ckpt_dir = work / "ckpt"
-    ckpt_dir.mkdir(exist_ok=True)
-    for stale in ckpt_dir.glob("*.tmp"):  # a kill inside _save_atomic leaves one; never publish it
-        stale.unlink()
+    if main:
+        ckpt_dir.mkdir(exist_ok=True)
+        for stale in ckpt_dir.glob("*.tmp"):  # a kill inside _save_atomic leaves one; never publish it
+            stale.unlink()
     log_path = work / "log.jsonl"
     start_step, initial_loss, diverged, reason = 0, None, False, None
     resume_path = work / RESUME_FILE
@@ -159,13 +192,15 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         start_step, initial_loss = state["step"], state["initial_loss"]
-        print(f"resumed from step {start_step}", flush=True)
-    _truncate_log(log_path, start_step)  # also without resume state: a run killed before its first resume point
+        if main:
+            print(f"resumed from step {start_step}", flush=True)
+    if main:
+        _truncate_log(log_path, start_step)  # also without resume state: a run killed before its first resume point
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
     t0, last_print, tokens_done = time.time(), time.time(), 0
     step = start_step
     while step <= steps:
-        if step in kept and not (ckpt_dir / f"step_{step:06d}.pt").exists():
+        if main and step in kept and not (ckpt_dir / f"step_{step:06d}.pt").exists():
             _save_atomic(trainer.model.state_dict(), ckpt_dir / f"step_{step:06d}.pt")
         if step == steps:
             break
@@ -176,24 +211,27 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
             initial_loss = loss
         if not math.isfinite(loss) or loss > cfg["divergence_ratio"] * initial_loss:
             diverged, reason = True, f"train loss {loss:.4g} at step {step} (step-0 loss {initial_loss:.4g})"
-            print(f"diverged: {reason}", flush=True)
+            if main:
+                print(f"diverged: {reason}", flush=True)
             break
         elapsed = time.time() - t0
-        if step in logged:
+        if main and step in logged:
             entry = {"step": step, "loss": loss, "lr_factor": lr_factor(step - 1, steps, cfg["decay_fraction"]),
                      "tokens_per_s": tokens_done / max(elapsed, 1e-9), "elapsed_s": elapsed}
             with log_path.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
-        if time.time() - last_print > progress_every_s or step == steps:
+        if main and (time.time() - last_print > progress_every_s or step == steps):
             rate = tokens_done / max(elapsed, 1e-9)
             eta = (steps - step) * tokens_per_step / max(rate, 1e-9)
             print(f"step {step}/{steps} loss {loss:.4f} {rate / 1e3:.1f}k tok/s eta {eta:.0f}s", flush=True)
             last_print = time.time()
         if step % resume_every == 0 and step < steps:
-            _save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                          "step": step, "initial_loss": initial_loss}, resume_path)
+            if main:
+                _save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                              "step": step, "initial_loss": initial_loss}, resume_path)
+            distributed.barrier(ctx)
     val_loss = float("nan") if diverged else evaluate(
-        trainer.model, trainer.val_windows, cfg["val_tokens"], trainer.micro_batch, device, cfg["precision"])
+        trainer.model, trainer.val_windows, cfg["val_tokens"], trainer.micro_batch, device, cfg["precision"], ctx)
     val_ppl = math.exp(val_loss) if math.isfinite(val_loss) and val_loss < 700 else float("inf")
     if not diverged and val_ppl > cfg["diverged_ppl"]:
         diverged, reason = True, f"validation perplexity {val_ppl:.1f} > {cfg['diverged_ppl']}"
@@ -203,9 +241,11 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
         "ffn_dim": trainer.model.shape.ffn_dim, "vocab_size": trainer.model.shape.vocab_size,
         "checkpoints": sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("step_*.pt")),
     }
+    if not main:
+        return {**result, "device": str(device), "rank": ctx.rank}
     (work / "result.json").write_text(json.dumps(result, indent=2))
     print(f"done: val loss {val_loss:.4f} ppl {val_ppl:.2f}{' DIVERGED' if diverged else ''}", flush=True)
-    return {**result, "device": str(device)}
+    return {**result, "device": str(device), "world_size": ctx.world_size}
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
