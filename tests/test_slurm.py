@@ -28,7 +28,7 @@ from specscale.spec import LauncherSpec
 LAUNCHER = {"cluster": "slurm", "partition": "debug", "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10,
             "poll_seconds": 1, "array_parallelism": 4}
 TRAIN = {"threads": 1}  # one torch thread per 1-CPU job: two jobs share the 2 cores without oversubscription
-LONG_STEPS = 1500  # the runs cancelled and preempted mid-training: long enough to be caught running (≈ 30 s)
+LONG_STEPS = 3000  # the runs cancelled and preempted mid-training: long enough to be caught running (≈ 40-80 s)
 
 
 # -- without a cluster ----------------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ MpiDefault=none
 ReturnToService=2
 JobRequeue=1
 MinJobAge=300
-KillWait=10
+# scancel sends SIGTERM, which submitit ignores (it waits for USR2): SIGKILL follows after KillWait seconds
+KillWait=2
 # requeued jobs wait cred_expire seconds (default 120) before they may start again: keep the requeue test short
 AuthInfo=cred_expire=10
 $CTLD_PARAMS
