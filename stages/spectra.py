@@ -10,6 +10,7 @@ or produced on another node), so the dump and the eigendecomposition can share o
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -77,7 +78,7 @@ def run_one(spec: dict[str, Any], work: Path, store: RunStore) -> dict[str, Any]
     alphas = sorted(set(spec["alphas"]) | {1.0, 2.0})
     for attempt in (1, 2):
         scratch = ensure_activations(spec, store, device)
-        manifest = pd.read_json(scratch / "manifest.json", typ="series").to_dict()
+        manifest = json.loads((scratch / "manifest.json").read_text())
         try:
             ds, ranks = _measure(zarr.open_group(str(scratch / "acts.zarr"), mode="r"), manifest, alphas, device)
             break
