@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import sys
 from pathlib import Path
@@ -22,14 +23,10 @@ def _stage(args: argparse.Namespace) -> int:
     if name in SINGLE_STAGES:
         return run_in_process(name, plan, store).exit_code
     if name in FAN_OUT:
-        import importlib
-
         module = importlib.import_module(f"specscale.stages.{name}")
         prepare = getattr(module, "prepare", None)  # optional: restrict to runs whose inputs can be measured
         only = prepare(plan, store) if prepare else None
         return run_fan_out(name, plan, store, only).exit_code
-    import importlib
-
     return importlib.import_module(f"specscale.stages.{name}").main(plan, store)
 
 

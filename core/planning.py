@@ -8,9 +8,9 @@ from typing import Any
 from specscale.cache import RunStore, read_json
 from specscale.model import flops_per_token
 from specscale.plan import FAN_OUT_STAGES, PlannedRun, StudyPlan
+from specscale.stages.tokenize import GPT2_VOCAB
 from specscale.train import kept_checkpoints, model_shape
 
-GPT2_VOCAB = 50257
 
 
 def _vocab(spec: dict[str, Any]) -> int:

@@ -44,9 +44,18 @@ class RunPoint:
         return self.spec["seed"]
 
     @property
+    def varied_label(self) -> str:
+        """The arm's varied fields by leaf name, e.g. 'n_heads=2 steps=800' ('' for the main sweep)."""
+        return " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(self.varied.items()))
+
+    @property
+    def group_label(self) -> str:
+        """The label of the width group this run belongs to, e.g. 'muon n_heads=2'."""
+        return f"{self.optimizer} {self.varied_label}".strip()
+
+    @property
     def label(self) -> str:
-        extra = "".join(f" {k.split('.')[-1]}={v}" for k, v in sorted(self.varied.items()))
-        return f"{self.optimizer} k={self.width} seed={self.seed}{extra}"
+        return f"{self.optimizer} k={self.width} seed={self.seed} {self.varied_label}".strip()
 
     def group_spec(self) -> dict[str, Any]:
         """The spec with the width removed: runs that share it form one scaling-law fit."""

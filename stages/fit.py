@@ -23,14 +23,9 @@ import pandas as pd
 from specscale.cache import RunStore, stable_hash
 from specscale.fit import aggregate_checkpoints_and_layers, bootstrap_beta, ols_loglog, seed_mean_interval
 from specscale.plan import StudyPlan
+from specscale.stages.spectra import MIN_N_OVER_D
 
 FIT_METRICS = ("soft_rank", "hard_rank")
-MIN_N_OVER_D = 4.0
-
-
-def group_label(point) -> str:
-    extra = " ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(point.varied.items()))
-    return f"{point.optimizer} {extra}".strip()
 
 
 def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
@@ -45,7 +40,7 @@ def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
         rows.append({
             "run": train.key, "spectra_key": spectra.key, "label": point.label, "arms": ",".join(point.arms),
             "group": stable_hash(point.group_spec()), "seed_group": stable_hash(no_seed),
-            "group_label": group_label(point), "optimizer": point.optimizer, "width_mult": point.width,
+            "group_label": point.group_label, "optimizer": point.optimizer, "width_mult": point.width,
             "ffn_dim": result["ffn_dim"], "seed": point.seed, "steps": train.spec["train"]["steps"],
             "varied": json.dumps(point.varied, sort_keys=True),
             "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "diverged": result["diverged"],
