@@ -8,6 +8,7 @@ the others: failures are gathered and listed with their log paths at the end, an
 from __future__ import annotations
 
 import fcntl
+import shutil
 import importlib
 import os
 import sys
@@ -22,6 +23,7 @@ from submitit.helpers import Checkpointable
 
 from specscale.cache import RunStore, read_json, write_json
 from specscale.slurm import ENDED, QUEUE, QUEUED_STATES
+from specscale.spec import SpecError
 
 LOCAL_CONTROLLER_MARK = b"submitit.local._local"
 
@@ -145,6 +147,9 @@ class StageLock:
 
 def make_executor(launcher: Any, folder: Path, stage: str) -> submitit.Executor:
     """Always name the cluster: AutoExecutor would pick SLURM whenever `srun` is on PATH (pitfalls.md)."""
+    if launcher.cluster == "slurm" and shutil.which("srun") is None:
+        raise SpecError("launcher.cluster is 'slurm' but `srun` is not on PATH: run `dvc repro` on a SLURM login "
+                          "node, or set `launcher: {cluster: local}` in params.yaml to run here")
     executor = submitit.AutoExecutor(folder=folder, cluster=launcher.cluster)
     params: dict[str, Any] = {"timeout_min": int(launcher.timeout_min), "name": f"specscale-{stage}"}
     # Training spreads one run over every GPU of the node (one task per GPU, DDP inside the run, see

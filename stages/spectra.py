@@ -65,7 +65,10 @@ def _measure(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float], de
     ds = xr.Dataset(
         {"eigenvalues": (("step", "layer", "site", "bucket", "mode"), eig),
          "n_tokens": (("bucket",), np.array([manifest["sets"][s] for s in sets], dtype=np.int64))},
-        coords={"step": steps, "layer": layers, "site": sites, "bucket": sets, "mode": np.arange(D)},
+        # Labels as variable-length strings (object dtype): zarr v3 specifies that type, while numpy's fixed-width
+        # "<U4" has no v3 specification and makes zarr warn on every write.
+        coords={"step": steps, "layer": layers, "site": np.array(sites, dtype=object),
+                "bucket": np.array(sets, dtype=object), "mode": np.arange(D)},
         attrs={"D": D, "description": "eigenvalues of the centred covariance, descending, clamped >= 1e-12"},
     )
     return ds, pd.DataFrame(rows)

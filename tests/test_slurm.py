@@ -11,6 +11,7 @@ The two tests at the top check the sbatch parameters and the requeue wrapper wit
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import shutil
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 
 from smoke_project import finished, listing, make_project, provenance, run, smoke_params, write_params
 from specscale.launch import RunTask, make_executor
-from specscale.spec import LauncherSpec
+from specscale.spec import LauncherSpec, SpecError
 
 LAUNCHER = {"cluster": "slurm", "partition": "debug", "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10,
             "poll_seconds": 1, "array_parallelism": 4}
@@ -32,7 +33,27 @@ LONG_STEPS = 3000  # the runs cancelled and preempted mid-training: long enough 
 
 
 # -- without a cluster ----------------------------------------------------------------------------------------------
-def test_launcher_settings_reach_sbatch(tmp_path: Path) -> None:
+def _fake_srun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit's SlurmExecutor refuses to start unless `srun` is on PATH; these tests only render the sbatch file,
+    so a stub that is never executed lets them run on a bare machine (no SLURM installed)."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\necho 'stub srun: never called by these tests' >&2\nexit 1\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def test_slurm_without_srun_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH: certainly no srun
+    cfg = OmegaConf.structured(LauncherSpec)
+    cfg.cluster = "slurm"
+    with pytest.raises(SpecError, match=r"launcher.cluster is 'slurm' but `srun` is not on PATH.*cluster: local"):
+        make_executor(cfg, tmp_path, "train")
+
+
+def test_launcher_settings_reach_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_srun(tmp_path, monkeypatch)
     cfg = OmegaConf.structured(LauncherSpec)
     cfg.update({"cluster": "slurm", "partition": "gpu", "account": "proj", "qos": "high", "gpus_per_node": 2,
                 "cpus_per_task": 16, "mem_gb": 64, "timeout_min": 1440, "array_parallelism": 7,
