@@ -1,4 +1,4 @@
-"""Frequency buckets (HEAD / MID / TAIL) of token types, as in science.md §5.
+"""Frequency buckets (HEAD / MID / TAIL) of token types, as in docs/science.md §5.
 
 A position belongs to the bucket of its *input* token. Buckets come from unigram counts over the training tokens:
 sort the types by count (descending; ties by type id ascending, so the result is deterministic), cumulate the
@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-BUCKET_NAMES = ("HEAD", "MID", "TAIL")
+BUCKET_NAMES = ("HEAD", "MID", "TAIL")  # frequency buckets, most frequent first
+POOLED = "GLOBAL"  # the set that pools every token regardless of bucket
+ALL_SETS = (*BUCKET_NAMES, POOLED)  # display and table order of every measured set
 UNSEEN = -1
 _COUNT_CHUNK = 1 << 24  # tokens per bincount call: bounds memory on huge memory-mapped corpora
 _SCAN_CHUNK_WINDOWS = 4096  # probe-set windows classified per step
@@ -265,3 +267,28 @@ def select_probe_set(
         pooled_tokens=pooled_tokens,
         min_bucket_tokens=min_bucket_tokens,
     )
+
+
+def build_buckets(tokens_dir: Path, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The buckets stage's computation: unigram counts of tokens_dir/train.bin → bucket of every type, the fixed probe
+    set from val.bin, and bucket_stats.json, all into `work`. Returns the stats (types and probe tokens per bucket)."""
+    from specscale.shards import open_tokens  # shards imports torch; keep this module light for the report side
+
+    meta = json.loads((tokens_dir / "tokens.json").read_text())
+    counts = unigram_counts(open_tokens(tokens_dir / "train.bin"), meta["vocab_size"])
+    bucket_of_type = assign_buckets(counts, tuple(spec["edges"]))
+    np.save(work / "bucket_of_type.npy", bucket_of_type)
+    np.save(work / "unigram_counts.npy", counts)
+    probe = select_probe_set(open_tokens(tokens_dir / "val.bin"), bucket_of_type, spec["seq_len"],
+                             spec["tokens_per_bucket"], spec["pooled_tokens"], spec["min_bucket_tokens"])
+    probe.save(work)
+    stats = {"types": bucket_stats(counts, bucket_of_type), "probe": probe.buckets,
+             "probe_sequences": int(probe.windows.shape[0]), "pooled_selected": int(probe.pooled_indices.size)}
+    p = counts[counts > 0] / counts.sum()
+    stats["unigram_entropy_nats"] = float(-(p * np.log(p)).sum())
+    (work / "bucket_stats.json").write_text(json.dumps(stats, indent=2))
+    for name in BUCKET_NAMES:
+        info = stats["types"][name]
+        print(f"{name}: {info['types']} types, {info['share']:.1%} of occurrences; probe tokens "
+              f"{probe.buckets[name]['selected']}{' (skipped)' if probe.buckets[name]['skipped'] else ''}", flush=True)
+    return stats

@@ -1,5 +1,5 @@
-"""Comparisons across groups of runs (science.md §7): optimizer vs architecture, matched loss, perplexity by width,
-partial PostLN, Rényi reinjection, β over training.
+"""Comparisons across groups of runs (docs/science.md §7): optimizer vs architecture, matched loss, perplexity by
+width, partial PostLN, Rényi reinjection, β over training.
 
 Everything here is pure pandas on the fit stage's tables (results/runs.csv, ranks.csv, betas.csv) plus per-step
 ranks, so that it is testable on hand-made tables. A *group* is a set of runs that differ only in width (one
@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from specscale.fit import ols_loglog
+from specscale.buckets import BUCKET_NAMES
+from specscale.fit import FIT_METRICS, ols_loglog
+from specscale.spec import TrainSpec
 
-FIT_METRICS = ("soft_rank", "hard_rank")
 # The paper counts 30 attention-rank comparisons = 5 optimizers × {HEAD, MID, TAIL} × {soft, hard}: pooled (GLOBAL)
 # cells are reported but not counted, so that our k-of-n reads like theirs.
-COUNTED_BUCKETS = ("HEAD", "MID", "TAIL")
+COUNTED_BUCKETS = BUCKET_NAMES
 TIE_TOL = 1e-12  # |gain − shift| at or below this is a tie (counts as not exceeding)
-DIVERGED_PPL = 1000.0  # the paper's ×: validation perplexity above this is a diverged run
+# The paper's ×: validation perplexity above this is a diverged run. The study's own value (train.diverged_ppl) is
+# passed in by the compare stage; this default is the spec's, not a second copy of it.
+DIVERGED_PPL: float = TrainSpec.diverged_ppl
 MIN_WIDTHS = 3  # a group with fewer widths is not a scaling-law fit (e.g. the PostLN runs at one width)
 
 

@@ -1,4 +1,4 @@
-"""Streamed covariance of token activations and its eigenvalues (science.md §5).
+"""Streamed covariance of token activations and its eigenvalues (docs/science.md §5).
 
 X is an (N, D) stack of token vectors (N tokens, D = FFN width), too large to hold in float64 at paper scale
 (N = 43k, D = 6144: 2 GB in float64; the D×D accumulator alone is 300 MB). Rows arrive in chunks of any float dtype

@@ -1,4 +1,4 @@
-"""Spectral scaling-law fits: rank ∝ D^β across FFN widths (science.md §6).
+"""Spectral scaling-law fits: rank ∝ D^β across FFN widths (docs/science.md §6).
 
 Pipeline per (model, optimizer, bucket, metric):
   1. per run and layer, median over the last K logged checkpoints;
@@ -33,6 +33,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 PAPER_RANK_POINTS = DATA_DIR / "rank_points_160m.csv"  # Jha & Reagen 2026, per-width ranks (GPT-2 160M)
 PAPER_BETA_TABLE = DATA_DIR / "beta_table_160m.csv"  # their fitted β, 95% CI, R², n_widths
 
+FIT_METRICS: tuple[str, ...] = ("soft_rank", "hard_rank")  # the two ranks every β is fitted for (R₁, R₂)
 FIT_GROUP_COLS: tuple[str, ...] = ("model", "optimizer", "bucket", "metric")
 DELTA_METRIC = "delta_soft_hard"  # metric label of the Δ₁,₂ = β_soft − β_hard rows added by add_deltas
 
@@ -261,6 +262,21 @@ def fit_points(
     return pd.DataFrame(rows, columns=columns)
 
 
+def soft_minus_hard(table: pd.DataFrame, group_cols: Sequence[str], soft: str = "soft_rank",
+                    hard: str = "hard_rank") -> pd.Series:
+    """Δ₁,₂ = β_soft − β_hard per group of a β table (one row per group and metric), indexed by ``group_cols``.
+
+    NaN where either fit is missing or not fitted. The one Δ implementation: `add_deltas` (rows, for fit-points)
+    and the pipeline's delta column both use it.
+    """
+    ok = table[table["metric"].isin([soft, hard])]
+    beta = ok["beta"].where(ok["fitted"].astype(bool))
+    wide = ok.assign(beta=beta).pivot_table(index=list(group_cols), columns="metric", values="beta",
+                                            aggfunc="first", dropna=False)
+    nan = pd.Series(math.nan, index=wide.index)
+    return (wide.get(soft, nan) - wide.get(hard, nan)).rename(DELTA_METRIC)
+
+
 def add_deltas(
     table: pd.DataFrame,
     soft: str = "soft_rank",
@@ -275,6 +291,7 @@ def add_deltas(
     """
     groups = list(group_cols)
     base = table[table["metric"] != DELTA_METRIC]
+    deltas = soft_minus_hard(base, groups, soft, hard) if base["metric"].isin([soft, hard]).any() else None
     new_rows = []
     for key, part in base.groupby(groups, sort=True, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -282,12 +299,13 @@ def add_deltas(
         s, h = by_metric.get(soft), by_metric.get(hard)
         if s is None and h is None:
             continue  # neither metric in this group (e.g. Rényi-only): nothing to difference
-        ok = s is not None and h is not None and bool(s["fitted"]) and bool(h["fitted"])
+        delta = float(deltas.loc[key if len(key) > 1 else key[0]])
+        ok = not math.isnan(delta)
         row = {c: math.nan for c in table.columns}
         row.update(dict(zip(groups, key)))
         row.update(
             metric=DELTA_METRIC,
-            beta=(s["beta"] - h["beta"]) if ok else math.nan,
+            beta=delta,
             n_widths=min(s["n_widths"], h["n_widths"]) if ok else 0,
             fitted=ok,
             reason="" if ok else f"needs fitted {soft} and {hard}",

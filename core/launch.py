@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-import importlib
 import os
 import sys
 import time
@@ -48,14 +47,18 @@ class LaunchReport:
         return 1 if self.failed else 0
 
 
-def run_task(stage: str, key: str, project_root: str) -> str:
+# What a stage run computes: (its spec.json, its work dir, the run store) → result fields for provenance. The
+# launcher is given this function (from the stage table) and pickles it by reference for submitit's jobs.
+RunOne = Callable[[dict[str, Any], Path, RunStore], dict[str, Any]]
+
+
+def run_task(run_one: RunOne, stage: str, key: str, project_root: str) -> str:
     """Job entry point (pickled by submitit): run one stage run from its work dir and commit it atomically."""
     store = RunStore(project_root)
-    module = importlib.import_module(f"specscale.stages.{stage}")
     work = store.work_dir(stage, key)
     spec = read_json(work / "spec.json")
     started = time.time()
-    result = module.run_one(spec, work, store) or {}
+    result = run_one(spec, work, store) or {}
     if result.get("rank", 0) != 0:  # a multi-process run (one task per GPU): rank 0 alone commits
         return key
     device = result.pop("device", "cpu")
@@ -70,8 +73,8 @@ class RunTask(Checkpointable):
     submitit requeues the job under the same id. Nothing needs saving here: the run's state lives in its work dir
     (training resumes from resume.pt), so the requeued call simply starts the run again and picks it up."""
 
-    def __call__(self, stage: str, key: str, project_root: str) -> str:
-        return run_task(stage, key, project_root)
+    def __call__(self, run_one: RunOne, stage: str, key: str, project_root: str) -> str:
+        return run_task(run_one, stage, key, project_root)
 
 
 def _pid_alive_controller(pid: int) -> bool:
@@ -146,7 +149,7 @@ class StageLock:
 
 
 def make_executor(launcher: Any, folder: Path, stage: str) -> submitit.Executor:
-    """Always name the cluster: AutoExecutor would pick SLURM whenever `srun` is on PATH (pitfalls.md)."""
+    """Always name the cluster: AutoExecutor would pick SLURM whenever `srun` is on PATH (docs/architecture.md, tool facts)."""
     if launcher.cluster == "slurm" and shutil.which("srun") is None:
         raise SpecError("launcher.cluster is 'slurm' but `srun` is not on PATH: run `dvc repro` on a SLURM login "
                           "node, or set `launcher: {cluster: local}` in params.yaml to run here")
@@ -187,8 +190,12 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Launcher:
-    def __init__(self, stage: str, store: RunStore, launcher: Any, echo: Callable[[str], None] | None = None) -> None:
+    """Runs one stage's tasks with `run_one` (the stage table's entry point) under the launcher settings."""
+
+    def __init__(self, stage: str, run_one: RunOne, store: RunStore, launcher: Any,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.stage = stage
+        self.run_one = run_one
         self.store = store
         self.cfg = launcher
         self.echo = echo if echo is not None else (lambda msg: print(msg, flush=True))
@@ -260,7 +267,7 @@ class Launcher:
             started = time.time()
             log = None
             try:
-                run_task(self.stage, task.key, str(self.store.project_root))
+                run_task(self.run_one, self.stage, task.key, str(self.store.project_root))
             except Exception:  # a failed run must not stop the others
                 log = self.store.work_dir(self.stage, task.key) / "error.log"
                 log.write_text(traceback.format_exc())
@@ -270,7 +277,8 @@ class Launcher:
     def _submit_array(self, queue: list[Task]) -> list[_Handle]:
         executor = make_executor(self.cfg, self.folder, self.stage)
         root = str(self.store.project_root)
-        jobs = executor.map_array(RunTask(), [self.stage] * len(queue), [t.key for t in queue], [root] * len(queue))
+        n = len(queue)
+        jobs = executor.map_array(RunTask(), [self.run_one] * n, [self.stage] * n, [t.key for t in queue], [root] * n)
         now = time.time()
         for task, job in zip(queue, jobs):
             self._record(task.key, job)
@@ -282,7 +290,7 @@ class Launcher:
 
     def _submit_local(self, task: Task) -> _Handle:
         executor = make_executor(self.cfg, self.folder, self.stage)
-        job = executor.submit(run_task, self.stage, task.key, str(self.store.project_root))
+        job = executor.submit(run_task, self.run_one, self.stage, task.key, str(self.store.project_root))
         self._record(task.key, job)
         self.echo(f"[{self.stage}] ▶ {task.label} (job {job.job_id})")
         return _Handle(task, job, time.time())

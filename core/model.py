@@ -1,4 +1,4 @@
-"""The GPT of science.md §2 (modded-nanoGPT style) with the paper's ablation knobs.
+"""The GPT of docs/science.md §2 (modded-nanoGPT style) with the paper's ablation knobs.
 
 RoPE or NoPE, QK RMS-norm, parameter-free RMSNorm, no biases, untied head, ReLU² FFN of width D = k·d_model,
 a head count independent of d_model, and partial PostLN (the *first* ⌊L·f⌋ blocks are PostLN).
@@ -51,7 +51,7 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def init_linear_(layer: nn.Linear) -> None:
-    """science.md §2: N(0, fan_in^-½ · min(1, √(fan_out/fan_in)))."""
+    """docs/science.md §2: N(0, fan_in^-½ · min(1, √(fan_out/fan_in)))."""
     fan_out, fan_in = layer.weight.shape
     std = fan_in**-0.5 * min(1.0, math.sqrt(fan_out / fan_in))
     nn.init.normal_(layer.weight, mean=0.0, std=std)
@@ -81,7 +81,7 @@ class Attention(nn.Module):
         d = shape.d_model
         self.n_heads = shape.n_heads
         self.head_dim = d // shape.n_heads
-        # Separate q, k, v: a fused QKV orthogonalised as one matrix is a different Muon (optimizers.md).
+        # Separate q, k, v: a fused QKV orthogonalised as one matrix is a different Muon (docs/science.md §4).
         self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
         self.rotary = Rotary(self.head_dim, shape.rope_base, shape.max_seq_len) if shape.pos_encoding == "rope" else None
 

@@ -1,5 +1,6 @@
-"""The report's figures as altair charts. Each function takes the long tables of report_data / compare and returns a
-chart, or None when its data are absent (the report then says so). Titles live in report.FIGURES."""
+"""The report's figures as altair charts. Each function takes a long table (figure_data.py, or a table of
+results/compare/) and a title, and returns a chart, or None when its data are absent (the report then says so).
+Which figure shows what, under which title, is in report_sections.SECTIONS."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-BUCKET_ORDER = ["HEAD", "MID", "TAIL", "GLOBAL"]
+from specscale.buckets import ALL_SETS
+
 LOG = alt.Scale(type="log")
 PANEL = {"width": 170, "height": 140}
 STROKE_LEGEND = alt.Legend(symbolType="stroke")  # a dashed-line legend, not circles
@@ -19,7 +21,7 @@ def _facet(chart: alt.Chart | alt.LayerChart, data: pd.DataFrame, title: str, ro
     if row:
         kwargs["row"] = alt.Row(f"{row}:N", title=None)
     if column:
-        sort = BUCKET_ORDER if column == "bucket" else "ascending"
+        sort = list(ALL_SETS) if column == "bucket" else "ascending"
         kwargs["column"] = alt.Column(f"{column}:N", sort=sort, title=None)
     return chart.properties(**PANEL).facet(data=data, **kwargs).properties(title=title)
 

@@ -24,11 +24,11 @@ import torch
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from specscale.buckets import BUCKET_NAMES, ProbeSet
+from specscale.buckets import BUCKET_NAMES, POOLED, ProbeSet
 from specscale.model import GPT
-from specscale.train import autocast_context, build_model
+from specscale.cache import RunStore
+from specscale.train import autocast_context, build_model, checkpoint_path
 
-POOLED = "GLOBAL"
 COMPLETE = "_COMPLETE"
 
 
@@ -109,7 +109,7 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
     root = zarr.open_group(str(tmp / "acts.zarr"), mode="w")
     started = time.time()
     for step in steps:
-        state = torch.load(train_dir / "ckpt" / f"step_{step:06d}.pt", map_location=device, weights_only=True)
+        state = torch.load(checkpoint_path(train_dir, step), map_location=device, weights_only=True)
         model.load_state_dict(state)
         model.eval()
         writers: dict[tuple[int, str, str], _ChunkedWriter] = {}
@@ -170,3 +170,42 @@ def scratch_dir(project_root: Path, key: str) -> Path:
     """
     base = Path(os.environ["SPECSCALE_SCRATCH"]) if os.environ.get("SPECSCALE_SCRATCH") else project_root / "runs" / ".scratch"
     return base / "activations" / key
+
+
+def ensure_activations(spec: dict[str, Any], store: RunStore, device: torch.device) -> Path:
+    """The complete activation store of a measurement (spec: an activations or spectra run's spec.json) in scratch,
+    (re)generated from the training run's checkpoints when absent (dropped, or produced on another node)."""
+    scratch = scratch_dir(store.project_root, spec["measure_key"])
+    if not is_complete(scratch):
+        probe = ProbeSet.load(store.final_dir("buckets", spec["inputs"]["buckets"]))
+        cfg = {**spec["probe"], **spec["runtime"]}
+        dump_activations(store.final_dir("train", spec["inputs"]["train"]), probe, cfg, scratch, device)
+    return scratch
+
+
+def _copy_arrays(src: zarr.Group, dst_path: Path, names: list[str]) -> None:
+    """Copy arrays (same chunks, codecs, attributes and dimension names) chunk by chunk into a new store."""
+    dst = zarr.open_group(str(dst_path), mode="w")
+    for name in names:
+        arr = src[name]
+        out = dst.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=arr.chunks,
+                               compressors=arr.compressors, serializer=arr.serializer,
+                               attributes=dict(arr.attrs), dimension_names=arr.metadata.dimension_names)
+        for start in range(0, arr.shape[0], arr.chunks[0]):
+            out[start:start + arr.chunks[0]] = arr[start:start + arr.chunks[0]]
+
+
+def keep_activations(scratch: Path, work: Path, keep: str) -> dict[str, Any]:
+    """Copy what `probe.keep_activations` asks for (none | post-last | all) from scratch into the run dir `work`,
+    write work/manifest.json, and return the manifest."""
+    manifest = json.loads((scratch / "manifest.json").read_text())
+    if keep == "all":
+        shutil.copytree(scratch / "acts.zarr", work / "acts.zarr")
+    elif keep == "post-last" and "post" in manifest["sites"]:
+        last = max(manifest["steps"])
+        src = zarr.open_group(str(scratch / "acts.zarr"), mode="r")
+        names = [array_name(last, layer, "post", name) for layer in range(manifest["layers"]) for name in manifest["sets"]]
+        _copy_arrays(src, work / "acts.zarr", names)
+    manifest["kept"] = keep
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

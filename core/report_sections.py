@@ -1,175 +1,287 @@
-"""The report's sections: text, figures and tables, each rendered to HTML (index.html) and Markdown (summary.md)
-from one description, so the two never disagree. A section whose family is absent says so instead of failing."""
+"""The report, section by section: SECTIONS is the one list the report is built from. Each entry says its title, the
+figures it shows (each with its title, its builder and the text shown when its data are absent), the builder of its
+text and tables, and the text shown when its family is not in the study. report.py renders the list to index.html
+and summary.md (through report_render.py), so the two never disagree.
+
+Adding a comparison to the report: one Section entry below and its body builder (and a chart in plots.py if it draws
+a new kind of figure); its table comes from results/compare/<name>.csv (compare_outputs.COMPARE_TABLES).
+"""
 
 from __future__ import annotations
 
-import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import altair as alt
 import pandas as pd
 
+from specscale import plots
 from specscale import report_tables as rt
-from specscale.compare import ppl_wide
-from specscale.report_data import tokens_per_bucket
+from specscale.buckets import POOLED
+from specscale.compare import COUNTED_BUCKETS, DIVERGED_PPL
+from specscale.figure_data import beta_interval_data, delta_data, rank_width_data
+from specscale.plan import StudyPlan
+from specscale.spec import to_container
 
 
 @dataclass
-class Section:
-    title: str
+class ReportInputs:
+    """What a section reads: tables by name (results/*.csv and results/compare/*.csv), the compare stage's JSON
+    summaries, the study description from the plan (`study_context`) and the README's choices."""
+
+    tables: dict[str, pd.DataFrame]
+    arch: dict[str, Any] = field(default_factory=dict)  # results/compare/arch_vs_optimizer.json
+    summary: dict[str, Any] = field(default_factory=dict)  # results/compare/summary.json
+    context: dict[str, Any] = field(default_factory=dict)
+    choices: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+    @property
+    def have_fits(self) -> bool:
+        return not (self["groups"].empty or self["betas"].empty)
+
+
+@dataclass
+class Body:
+    """A section's text and tables. absent: the section's family is not in the study (its `missing` text is shown
+    after the paragraphs)."""
+
     paragraphs: list[str] = field(default_factory=list)  # inline Markdown (**bold**, `code`) allowed
-    figures: list[str] = field(default_factory=list)  # names in report.FIGURES
-    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
     items: list[str] = field(default_factory=list)  # a bullet list at the end
-
-    def html(self, specs: dict[str, dict]) -> str:
-        from specscale.report import FIGURES, MISSING, embed
-
-        out = [f"<h2>{html.escape(self.title)}</h2>"]
-        out += [f"<p>{rt.inline_md_to_html(p)}</p>" for p in self.paragraphs]
-        for name in self.figures:
-            title = html.escape(FIGURES[name])
-            if name in specs:
-                out.append(f"<figure><h3>{title}</h3>{embed(name, specs[name])}"
-                           f"<figcaption>PNG: <code>figures/{name}.png</code></figcaption></figure>")
-            else:
-                out.append(f"<h3>{title}</h3><p class='missing'>Not available: {html.escape(MISSING[name])}.</p>")
-        for caption, df in self.tables:
-            out.append(f"<h3>{html.escape(caption)}</h3>{rt.html_table(df)}")
-        if self.items:
-            out.append("<ul>" + "".join(f"<li>{rt.inline_md_to_html(i)}</li>" for i in self.items) + "</ul>")
-        return "\n".join(out)
-
-    def markdown(self, specs: dict[str, dict]) -> str:
-        from specscale.report import FIGURES, MISSING
-
-        out = [f"## {self.title}", *self.paragraphs]
-        for name in self.figures:
-            out.append(f"![{FIGURES[name]}](figures/{name}.png)" if name in specs
-                       else f"_{FIGURES[name]}: not available: {MISSING[name]}._")
-        for caption, df in self.tables:
-            out += [f"**{caption}**", rt.md_table(df)]
-        out += [f"- {i}" for i in self.items]
-        return "\n\n".join(out)
+    absent: bool = False
 
 
-def _study(d: dict[str, Any], ctx: dict[str, Any]) -> Section:
-    sweep = ctx.get("sweep", {})
-    s = Section("Study")
-    s.paragraphs.append(f"**Preset** `{ctx.get('preset', '?')}`; reference optimizer "
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file stem: report/figures/<name>.png and .vl.json
+    title: str
+    build: Callable[[ReportInputs, str], alt.TopLevelMixin | None]  # (inputs, title) → chart, None without data
+    missing: str  # shown as "not available: <missing>" when build returns None
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    body: Callable[[ReportInputs], Body]
+    missing: str  # shown when the body says its family is absent
+    figures: tuple[Figure, ...] = ()
+
+
+# Choices this report (and the compare stage) make where the paper is silent; the pipeline's own come from README.
+REPORT_CHOICES = [
+    f"Optimizer vs architecture: counted over buckets {', '.join(COUNTED_BUCKETS)} × soft/hard (the paper's 30 = "
+    f"5 optimizers × 3 buckets × 2 metrics); {POOLED} cells are listed but not counted. A tie counts as not "
+    "exceeding; a cell not fitted or absent is missing and excluded from n.",
+    "The base of an ablation is the group with the same optimizer, the same optimizer overrides (e.g. lr) and seed, "
+    "and no varied field; the optimizer gain is computed per seed within the base architecture.",
+    "Curves (rank vs width, eigenvalue decay, Rényi) show the lowest seed; the β figure shows every seed and, with "
+    "≥ 2 seeds, the between-seed interval.",
+    "Eigenvalue decay: p_i = λ_i/Σλ per layer, median over layers, at the last kept step and at step 0.",
+    "Rank-vs-width band: ±1 SD of the layer medians (floored at a tenth of the median on the log axis).",
+    "Matched loss: the long-schedule group is also set beside the base optimizer whose geometric-mean perplexity "
+    "over common widths is closest.",
+    "Paper side by side: several seeds are averaged; the published PostLN width is unpublished, so PostLN rows join "
+    "at every width we trained.",
+]
+
+
+def study_context(plan: StudyPlan) -> dict[str, Any]:
+    """The study description the Study section shows (and the divergence threshold the PostLN caption names)."""
+    study = plan.study
+    model = to_container(study.model)
+    probe = to_container(study.probe)
+    return {
+        "preset": str(study.preset),
+        "reference_optimizer": str(study.fit.reference_optimizer),
+        "model": {k: model[k] for k in ("d_model", "n_layers", "n_heads", "pos_encoding", "postln_fraction")},
+        "sweep": to_container(study.sweep),
+        "ablations": {name: {k: v for k, v in to_container(arm).items() if v not in (None, {}, [])}
+                      for name, arm in study.ablations.items()},
+        "probe": {k: probe[k] for k in ("tokens_per_bucket", "pooled_tokens", "alphas")},
+        "train": {"steps": int(study.train.steps), "last_k": int(study.fit.last_k)},
+        "diverged_ppl": float(study.train.diverged_ppl),
+    }
+
+
+def _study(r: ReportInputs) -> Body:
+    ctx, sweep = r.context, r.context.get("sweep", {})
+    b = Body(absent=r["runs"].empty)
+    b.paragraphs.append(f"**Preset** `{ctx.get('preset', '?')}`; reference optimizer "
                         f"`{ctx.get('reference_optimizer', 'adamw')}`.")
     for key, name in (("model", "Model"), ("train", "Training")):
         if ctx.get(key):
-            s.paragraphs.append(f"**{name}** " + ", ".join(f"{k} {v}" for k, v in ctx[key].items()) + ".")
+            b.paragraphs.append(f"**{name}** " + ", ".join(f"{k} {v}" for k, v in ctx[key].items()) + ".")
     if sweep:
-        s.paragraphs.append(f"**Sweep** optimizers {', '.join(map(str, sweep.get('optimizers', [])))}; width "
+        b.paragraphs.append(f"**Sweep** optimizers {', '.join(map(str, sweep.get('optimizers', [])))}; width "
                             f"multipliers k ∈ {sweep.get('widths')}; seeds {sweep.get('seeds')}.")
-    summary = d.get("compare_summary", {})
-    if summary:
-        s.paragraphs.append(f"{summary.get('runs', 0)} training runs in {summary.get('groups', 0)} groups "
-                            f"(runs differing only in width); {summary.get('diverged_runs', 0)} diverged.")
-    s.items = [f"ablation `{name}`: vary {arm.get('vary', {})}"
+    if r.summary:
+        b.paragraphs.append(f"{r.summary.get('runs', 0)} training runs in {r.summary.get('groups', 0)} groups "
+                            f"(runs differing only in width); {r.summary.get('diverged_runs', 0)} diverged.")
+    b.items = [f"ablation `{name}`: vary {arm.get('vary', {})}"
                + (f", optimizers {arm['optimizers']}" if arm.get("optimizers") else "")
                + (f", widths {arm['widths']}" if arm.get("widths") else "")
                for name, arm in (ctx.get("ablations") or {}).items()] or ["no ablation arm in this study"]
-    tokens = tokens_per_bucket(d["ranks"])
     if ctx.get("probe"):
-        s.paragraphs.append("**Probe** " + ", ".join(f"{k} {v}" for k, v in ctx["probe"].items()) + ".")
-    s.tables.append(("Token count N per bucket (probe set) and FFN width D", tokens))
-    return s
+        b.paragraphs.append("**Probe** " + ", ".join(f"{k} {v}" for k, v in ctx["probe"].items()) + ".")
+    b.tables.append(("Token count N per bucket (probe set) and FFN width D", rt.tokens_per_bucket(r["ranks"])))
+    return b
 
 
-def _betas(d: dict[str, Any]) -> Section:
-    s = Section("Scaling exponents β", figures=["rank_width", "beta", "delta"])
-    s.paragraphs.append("β is the slope of ln(rank) on ln(D) over widths (OLS, 95% t-interval). Read a trained β "
-                        "against its step-0 baseline: at small scale the untrained network already scales.")
-    s.tables.append(("β (post site): trained with 95% interval, step-0 baseline, R²",
-                     rt.beta_summary(d["betas"], d["groups"])))
-    seeds = rt.seeds_summary(d["betas_seeds"])
+def _betas(r: ReportInputs) -> Body:
+    b = Body(["β is the slope of ln(rank) on ln(D) over widths (OLS, 95% t-interval). Read a trained β against its "
+              "step-0 baseline: at small scale the untrained network already scales."], absent=r["betas"].empty)
+    if b.absent:
+        return b
+    b.tables.append(("β (post site): trained with 95% interval, step-0 baseline, R²",
+                     rt.beta_summary(r["betas"], r["groups"])))
+    seeds = rt.seeds_summary(r["betas_seeds"])
     if seeds.empty:
-        s.paragraphs.append("One seed per configuration: no between-seed interval.")
+        b.paragraphs.append("One seed per configuration: no between-seed interval.")
     else:
-        s.tables.append(("β across seeds (trained, post site)", seeds))
-    return s
+        b.tables.append(("β across seeds (trained, post site)", seeds))
+    return b
 
 
-def _perplexity(d: dict[str, Any]) -> Section:
-    s = Section("Perplexity", figures=["perplexity", "eigen_decay"])
-    s.tables.append(("Validation perplexity by width multiplier (× = diverged)", ppl_wide(d["ppl_by_width"])))
-    return s
+def _perplexity(r: ReportInputs) -> Body:
+    if r["ppl_by_width"].empty:
+        return Body(absent=True)
+    return Body(tables=[("Validation perplexity by width multiplier (× = diverged)", r["ppl_table"])])
 
 
-def _matched(d: dict[str, Any]) -> Section:
-    s = Section("Matched loss and β over training", figures=["beta_training"])
-    ml = d["matched_loss_beta"]
-    if ml.empty:
-        s.paragraphs.append("No group differing from a base group only in `train.steps`: no matched-loss comparison.")
-    else:
-        s.paragraphs.append("Groups that differ only in the number of training steps (their own schedule, not a "
-                            "prefix), beside their base group and the base optimizer of closest perplexity.")
-        s.tables.append(("Matched loss: β side by side (post site, trained)", rt.bucket_sort(ml)))
-        ppl = d["matched_loss_ppl"]
-        if not ppl.empty:
-            wide = ppl.pivot_table(index=["pair", "role", "display", "steps"], columns="width_mult",
-                                   values="val_ppl").round(2).reset_index()
-            wide.columns = [f"{c}×" if isinstance(c, (int, float)) else c for c in wide.columns]
-            s.tables.append(("Matched loss: validation perplexity by width", wide))
-    return s
+def _matched(r: ReportInputs) -> Body:
+    if r["matched_loss_beta"].empty:
+        return Body(absent=True)
+    b = Body(["Groups that differ only in the number of training steps (their own schedule, not a prefix), beside "
+              "their base group and the base optimizer of closest perplexity."])
+    b.tables.append(("Matched loss: β side by side (post site, trained)", rt.bucket_sort(r["matched_loss_beta"])))
+    if not r["matched_loss_ppl"].empty:
+        b.tables.append(("Matched loss: validation perplexity by width",
+                         rt.matched_loss_ppl_wide(r["matched_loss_ppl"])))
+    return b
 
 
-def _renyi(d: dict[str, Any]) -> Section:
-    s = Section("Rényi ranks and reinjection", figures=["renyi_rank", "renyi_rho"])
-    s.tables.append(("ρ_α, GLOBAL bucket, widest width per optimizer", rt.renyi_summary(d["renyi"])))
-    return s
+def _renyi(r: ReportInputs) -> Body:
+    if r["renyi"].empty:
+        return Body(absent=True)
+    return Body(tables=[(f"ρ_α, {POOLED} bucket, widest width per optimizer", rt.renyi_summary(r["renyi"]))])
 
 
-def _arch(d: dict[str, Any]) -> Section:
-    s = Section("Optimizer vs architecture", figures=["arch_vs_optimizer"])
-    a, table = d["arch_summary"], d["arch_vs_optimizer"]
-    if table.empty:
-        s.paragraphs.append("No architectural ablation with a width sweep in this study: nothing to compare.")
-    else:
-        s.paragraphs.append(f"**{a.get('sentence', '')}** (reference `{a.get('reference')}`, counted buckets "
-                            f"{', '.join(a.get('counted_buckets', []))}).")
-        s.tables.append(("Exceptions: optimizer gain does not exceed the architecture shift",
-                         pd.DataFrame(a.get("exceptions", []))))
-        if a.get("missing"):
-            s.tables.append(("Missing cells (excluded from n)", pd.DataFrame(a["missing"])))
-        s.tables.append(("Every comparison", table))
-    s.items = [f"skipped: {x}" for x in a.get("skipped", [])]
-    return s
+def _arch(r: ReportInputs) -> Body:
+    a, table = r.arch, r["arch_vs_optimizer"]
+    b = Body(items=[f"skipped: {x}" for x in a.get("skipped", [])], absent=table.empty)
+    if b.absent:
+        return b
+    b.paragraphs.append(f"**{a.get('sentence', '')}** (reference `{a.get('reference')}`, counted buckets "
+                        f"{', '.join(a.get('counted_buckets', []))}).")
+    b.tables.append(("Exceptions: optimizer gain does not exceed the architecture shift",
+                     pd.DataFrame(a.get("exceptions", []))))
+    if a.get("missing"):
+        b.tables.append(("Missing cells (excluded from n)", pd.DataFrame(a["missing"])))
+    b.tables.append(("Every comparison", table))
+    return b
 
 
-def _postln(d: dict[str, Any]) -> Section:
-    s = Section("Partial PostLN", figures=["postln"])
-    if d["postln"].empty:
-        s.paragraphs.append("No PostLN ablation (`model.postln_fraction`) in this study.")
-    else:
-        s.tables.append(("Validation perplexity; × = diverged (flagged, or perplexity > 1000)", d["postln"]))
-    return s
+def _postln(r: ReportInputs) -> Body:
+    if r["postln"].empty:
+        return Body(absent=True)
+    threshold = r.context.get("diverged_ppl", DIVERGED_PPL)
+    return Body(tables=[(f"Validation perplexity; × = diverged (flagged, or perplexity > {threshold:g})",
+                         r["postln"])])
 
 
-def _paper(d: dict[str, Any]) -> Section:
-    s = Section("Paper side by side", figures=["paper"])
-    note = d.get("compare_summary", {}).get("paper_note")
-    if note:
-        s.paragraphs.append(f"**Note:** {note}.")
-    s.paragraphs.append("Published numbers: Jha & Reagen (2026), arXiv:2605.21803, as in "
+def _paper(r: ReportInputs) -> Body:
+    b = Body()
+    if r.summary.get("paper_note"):
+        b.paragraphs.append(f"**Note:** {r.summary['paper_note']}.")
+    b.paragraphs.append("Published numbers: Jha & Reagen (2026), arXiv:2605.21803, as in "
                         "`core/data/paper_published.csv`.")
-    paper = d["paper_side_by_side"]
+    paper = r["paper_side_by_side"]
     if paper.empty:
-        s.paragraphs.append("No side-by-side table (results/compare/paper_side_by_side.csv is missing).")
-        return s
+        b.absent = True
+        return b
     ours = paper[paper["ours"].notna() | paper["ours_diverged"].astype(bool)]
-    s.paragraphs.append(f"{len(paper) - len(ours)} of {len(paper)} published cells have no counterpart in this "
+    b.paragraphs.append(f"{len(paper) - len(ours)} of {len(paper)} published cells have no counterpart in this "
                         "study (all are listed in `results/compare/paper_side_by_side.csv`).")
-    s.tables.append(("Published vs ours (cells present in both)", rt.paper_summary(ours)))
-    return s
+    b.tables.append(("Published vs ours (cells present in both)", rt.paper_summary(ours)))
+    return b
 
 
-def sections(d: dict[str, Any], ctx: dict[str, Any], choices: list[str], report_choices: list[str]) -> list[Section]:
-    out = [_study(d, ctx), _betas(d), _perplexity(d), _matched(d), _renyi(d), _arch(d), _postln(d), _paper(d)]
-    out.append(Section("Choices where the paper is silent",
-                       paragraphs=["The pipeline's choices (README), then those of this report."],
-                       items=list(choices) + list(report_choices)))
-    return out
+def _choices(r: ReportInputs) -> Body:
+    return Body(["The pipeline's choices (README), then those of this report."],
+                items=list(r.choices) + list(REPORT_CHOICES), absent=not r.choices)
+
+
+def _fit_figure(chart: Callable[[pd.DataFrame, str], Any],
+                data: Callable[[ReportInputs], pd.DataFrame]) -> Callable[[ReportInputs, str], Any]:
+    """A figure of fitted β: None (not available) unless the study has groups and β."""
+    return lambda r, title: chart(data(r), title) if r.have_fits else None
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("study", "Study", _study, missing="No training run in results/runs.csv."),
+    Section("betas", "Scaling exponents β", _betas, missing="No fitted β (results/betas.csv is empty).", figures=(
+        Figure("rank_width", "Effective rank vs FFN width (log–log, post site, trained)",
+               _fit_figure(plots.rank_vs_width,
+                           lambda r: rank_width_data(r["ranks"], r["betas"], r["runs"], r["groups"])),
+               missing="no fitted base-architecture group"),
+        Figure("beta", "Spectral scaling exponent β with 95% intervals and step-0 baseline",
+               _fit_figure(plots.beta_intervals,
+                           lambda r: beta_interval_data(r["betas"], r["betas_seeds"], r["groups"])),
+               missing="no fitted β"),
+        Figure("delta", "Δ₁,₂ = β_soft − β_hard by bucket",
+               _fit_figure(plots.deltas, lambda r: delta_data(r["betas"], r["groups"])),
+               missing="no Δ₁,₂ (needs soft and hard β)"),
+    )),
+    Section("perplexity", "Perplexity", _perplexity,
+            missing="No validation perplexity (results/runs.csv has no run).", figures=(
+        Figure("perplexity", "Validation perplexity vs width",
+               lambda r, t: plots.perplexity(r["ppl_by_width"], t),
+               missing="no group with two or more widths"),
+        Figure("eigen_decay", f"Eigenvalue decay at the widest width (post site, {POOLED})",
+               lambda r, t: plots.eigen_decay(r["eigen_decay"], t),
+               missing="no spectra.zarr of a base-architecture run"),
+    )),
+    Section("matched_loss", "Matched loss and β over training", _matched,
+            missing="No group differing from a base group only in `train.steps`: no matched-loss comparison.",
+            figures=(
+        Figure("beta_training", "β over training (post site)",
+               lambda r, t: plots.beta_over_training(r["beta_over_training"], t),
+               missing="no per-step β (needs ≥ 3 widths)"),
+    )),
+    Section("renyi", "Rényi ranks and reinjection", _renyi,
+            missing="No Rényi ranks at both sites (pre and post).", figures=(
+        Figure("renyi_rank", "Rényi rank R_α vs α, pre and post ReLU²",
+               lambda r, t: plots.renyi_ranks(r["renyi"], t),
+               missing="no Rényi ranks at both sites"),
+        Figure("renyi_rho", "Reinjection ρ_α = R_α(post) / R_α(pre) vs α",
+               lambda r, t: plots.renyi_rho(r["renyi"], t),
+               missing="no Rényi ranks at both sites"),
+    )),
+    Section("arch_vs_optimizer", "Optimizer vs architecture", _arch,
+            missing="No architectural ablation with a width sweep in this study: nothing to compare.", figures=(
+        Figure("arch_vs_optimizer", "Optimizer gain vs architecture shift",
+               lambda r, t: plots.arch_vs_optimizer(r["arch_vs_optimizer"], t),
+               missing="no architectural ablation with a width sweep in this study"),
+    )),
+    Section("postln", "Partial PostLN", _postln,
+            missing="No PostLN ablation (`model.postln_fraction`) in this study.", figures=(
+        Figure("postln", "Partial PostLN: validation perplexity (× = diverged)",
+               lambda r, t: plots.postln(r["postln"], t),
+               missing="no PostLN ablation in this study"),
+    )),
+    Section("paper", "Paper side by side", _paper,
+            missing="No side-by-side table (results/compare/paper_side_by_side.csv is missing).", figures=(
+        Figure("paper", "Our β vs the published β",
+               lambda r, t: plots.paper_scatter(r["paper_side_by_side"], t),
+               missing="no cell of ours matches a published β"),
+    )),
+    Section("choices", "Choices where the paper is silent", _choices,
+            missing="README.md has no 'Choices where the paper is silent' section: only this report's choices "
+                    "are listed."),
+)
+FIGURES: dict[str, Figure] = {f.name: f for s in SECTIONS for f in s.figures}  # every figure, by file name

@@ -1,59 +1,22 @@
-"""The report's tables: built from the results once, rendered both as Markdown (summary.md) and HTML (index.html)."""
+"""The report's tables: summaries built from results/*.csv and results/compare/*.csv for display (rounded text cells,
+one row per group and bucket). report_render.py turns them into Markdown and HTML."""
 
 from __future__ import annotations
 
-import html
 import math
-import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from specscale.compare import FIT_METRICS, MIN_WIDTHS
-
-BUCKETS = ("HEAD", "MID", "TAIL", "GLOBAL")
-
-
-def _cell(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return "" if not math.isfinite(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def md_table(df: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub Markdown table (no tabulate dependency); '|' in cells is escaped."""
-    if df.empty:
-        return "_(empty)_"
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, digits).replace("|", "\\|") for v in row) + " |")
-    return "\n".join(lines)
-
-
-def html_table(df: pd.DataFrame, digits: int = 3) -> str:
-    if df.empty:
-        return "<p class='missing'>(empty)</p>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, digits))}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def inline_md_to_html(text: str) -> str:
-    """Escape, then the two Markdown marks the README's choices use: **bold** and `code`."""
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+from specscale.buckets import ALL_SETS, POOLED
+from specscale.compare import MIN_WIDTHS
+from specscale.fit import FIT_METRICS
 
 
 def bucket_sort(df: pd.DataFrame, col: str = "bucket") -> pd.DataFrame:
-    order = {b: i for i, b in enumerate(BUCKETS)}
+    """Rows in bucket order (HEAD, MID, TAIL, GLOBAL), anything else last; stable otherwise."""
+    order = {b: i for i, b in enumerate(ALL_SETS)}
     return df.sort_values(col, key=lambda s: s.map(lambda b: order.get(b, 9)), kind="stable")
 
 
@@ -94,7 +57,7 @@ def seeds_summary(seeds: pd.DataFrame, site: str = "post") -> pd.DataFrame:
     return bucket_sort(sel[cols]).sort_values(["group_label", "metric"], kind="stable").reset_index(drop=True)
 
 
-def renyi_summary(renyi: pd.DataFrame, bucket: str = "GLOBAL") -> pd.DataFrame:
+def renyi_summary(renyi: pd.DataFrame, bucket: str = POOLED) -> pd.DataFrame:
     """ρ_α per base optimizer at its widest width (lowest seed): rows optimizer, columns α."""
     if renyi.empty:
         return pd.DataFrame()
@@ -125,3 +88,22 @@ def paper_summary(paper: pd.DataFrame) -> pd.DataFrame:
         "ours − paper": paper["diff"].map(lambda v: "" if not np.isfinite(v) else f"{v:+.2f}"),
     })
     return out
+
+
+def tokens_per_bucket(ranks: pd.DataFrame) -> pd.DataFrame:
+    """N per bucket (the probe set is identical across runs, so min = max unless a run differs) and D range."""
+    if ranks.empty:
+        return pd.DataFrame()
+    g = ranks.groupby("bucket").agg(N_min=("N", "min"), N_max=("N", "max"), D_min=("D", "min"), D_max=("D", "max"),
+                                    min_N_over_D=("N_over_D", "min")).reset_index()
+    return bucket_sort(g).reset_index(drop=True)
+
+
+def matched_loss_ppl_wide(ppl: pd.DataFrame) -> pd.DataFrame:
+    """Matched-loss perplexity: rows pair × role × group, columns width multiplier."""
+    if ppl.empty:
+        return pd.DataFrame()
+    wide = ppl.pivot_table(index=["pair", "role", "display", "steps"], columns="width_mult",
+                           values="val_ppl").round(2).reset_index()
+    wide.columns = [f"{c}×" if isinstance(c, (int, float)) else c for c in wide.columns]
+    return wide

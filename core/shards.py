@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 MAGIC = 20240520
+GPT2_VOCAB = 50257  # modded-nanoGPT shards carry GPT-2 BPE ids (the model pads the embedding to 50304)
 VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4

@@ -49,6 +49,9 @@ class ModelSpec:
 @dataclass
 class TrainSpec:
     steps: int = 600
+    # Relative arms: an ablation that varies this trains steps × multiplier steps with its own schedule (e.g. the
+    # matched-loss arm, 2× AdamW). Resolved into `steps` when the sweep is expanded and never hashed itself.
+    steps_multiplier: float = 1.0
     batch_size: int = 16  # sequences per optimizer step (global)
     micro_batch_size: int = 0  # 0 = batch_size (no accumulation)
     seq_len: int = 128
@@ -70,7 +73,7 @@ class TrainSpec:
 class ProbeSpec:
     tokens_per_bucket: int = 4096  # N per bucket (HEAD, MID, TAIL); recorded with every spectrum
     pooled_tokens: int = 8192  # N for the pooled (all-token) set
-    min_bucket_tokens: int = 1000  # skip a bucket with fewer tokens (science.md §5)
+    min_bucket_tokens: int = 1000  # skip a bucket with fewer tokens (docs/science.md §5)
     sites: List[str] = field(default_factory=lambda: ["pre", "post"])
     dtype: str = "float32"  # activation storage dtype: float16 | float32
     chunk_tokens: int = 4096  # zarr chunk length along tokens
@@ -233,6 +236,8 @@ def validate(cfg: DictConfig, path: Path) -> None:
                 "probe.pooled_tokens", "probe.chunk_tokens", "launcher.max_parallel", "fit.last_k"):
         if OmegaConf.select(cfg, key) <= 0:
             fail(key, "must be > 0")
+    if cfg.train.steps_multiplier <= 0:
+        fail("train.steps_multiplier", "must be > 0 (an ablation arm's steps = train.steps × multiplier)")
     if cfg.data.val_every < 2:
         fail("data.val_every", "must be ≥ 2 (every val_every-th document is validation)")
     if cfg.data.source in ("files", "bin") and not cfg.data.paths:

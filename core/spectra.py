@@ -1,4 +1,4 @@
-"""Effective-rank metrics of a covariance spectrum (science.md §5).
+"""Effective-rank metrics of a covariance spectrum (docs/science.md §5).
 
 Every function takes the eigenvalues λ of one covariance matrix as a 1-D array in any order (numpy, float64 or
 anything convertible). The conventions, shared by all metrics:
@@ -29,9 +29,11 @@ from numpy.typing import ArrayLike
 from scipy.special import logsumexp
 
 EIG_FLOOR = 1e-12
+# Below N = 4·D samples the hard rank of a D-dim covariance is biased low (too few samples); such spectra are flagged.
+MIN_N_OVER_D = 4.0
 
 # Rényi orders for α-curves (pre rank, post rank and reinjection against α; the paper's grid is unpublished,
-# science.md §9). Dense below 2, where R_α changes fastest for heavy-tailed spectra, then roughly geometric up to 20,
+# docs/science.md §9). Dense below 2, where R_α changes fastest for heavy-tailed spectra, then roughly geometric up to 20,
 # plus the limit ∞. It contains the named points 0 (numerical rank), 0.5, 1 (soft), 2 (hard), 5 and ∞ (1 / max p).
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, math.inf)
 
@@ -147,13 +149,15 @@ def _build_metrics() -> dict[str, Callable[[ArrayLike], float]]:
 METRICS: dict[str, Callable[[ArrayLike], float]] = _build_metrics()
 
 
-def all_metrics(eigs: ArrayLike) -> dict[str, float]:
-    """Every metric in METRICS for one spectrum (normalises it once)."""
+def all_metrics(eigs: ArrayLike, alphas: Sequence[float] = DEFAULT_ALPHAS) -> dict[str, float]:
+    """Every metric of one spectrum, normalising it once: the one path the pipeline, the tests and the benchmark use.
+
+    Keys, in ranks.csv's column order: ``entropy`` (nats), ``renyi_<α>`` for each α of sorted(alphas ∪ {1, 2}), then
+    ``soft_rank`` (= R₁) and ``hard_rank`` (= R₂).
+    """
     log_p = _log_probabilities(eigs)
-    out = {
-        "soft_rank": math.exp(_log_renyi_rank(log_p, 1.0)),
-        "hard_rank": math.exp(_log_renyi_rank(log_p, 2.0)),
-    }
-    for alpha in DEFAULT_ALPHAS:
+    out = {"entropy": _log_renyi_rank(log_p, 1.0)}
+    for alpha in sorted({_check_alpha(a) for a in alphas} | {1.0, 2.0}):
         out[renyi_metric_name(alpha)] = math.exp(_log_renyi_rank(log_p, alpha))
+    out["soft_rank"], out["hard_rank"] = out["renyi_1"], out["renyi_2"]
     return out

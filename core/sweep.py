@@ -119,6 +119,16 @@ def base_run_spec(study: DictConfig) -> dict[str, Any]:
     return {"data": to_container(study.data), "model": to_container(study.model), "train": train}
 
 
+def _resolved_labels(varied: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Labels name what a run is: a relative arm (train.steps_multiplier) is labelled by the steps it resolved to, so
+    the matched-loss family, the paper's settings ('steps=12000') and the labels read the same however it was asked."""
+    if "train.steps_multiplier" not in varied:
+        return varied
+    out = {k: v for k, v in varied.items() if k != "train.steps_multiplier"}
+    out["train.steps"] = spec["train"]["steps"]
+    return out
+
+
 def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[RunPoint]:
     """All training runs of the study, deduplicated by key, main sweep first, in a stable order."""
     where = Path(where)
@@ -146,6 +156,8 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
                 for dotted, value in varied.items():
                     section, leaf = dotted.split(".", 1)
                     spec[section][leaf] = value
+                multiplier = spec["train"].pop("steps_multiplier")  # relative to the base: resolved, not hashed
+                spec["train"]["steps"] = max(1, int(round(spec["train"]["steps"] * multiplier)))
                 spec["model"]["ffn_mult"] = int(width)
                 hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name)
                 spec["optim"] = {"name": str(opt), "hparams": hparams}
@@ -155,5 +167,5 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
                     if arm_name not in runs[key].arms:
                         runs[key].arms.append(arm_name)
                     continue
-                runs[key] = RunPoint(spec=spec, arms=[arm_name], varied=varied)
+                runs[key] = RunPoint(spec=spec, arms=[arm_name], varied=_resolved_labels(varied, spec))
     return list(runs.values())

@@ -26,6 +26,12 @@ from specscale.optim import build_optimizer, roles_from_names
 from specscale.shards import TokenWindows, open_tokens
 
 RESUME_FILE = "resume.pt"
+CHECKPOINT_DIR = "ckpt"
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """The weights of a training run at `step` (the one place that spells the checkpoint file name)."""
+    return run_dir / CHECKPOINT_DIR / f"step_{step:06d}.pt"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -43,7 +49,7 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def logged_steps(steps: int, log_every: int) -> list[int]:
-    """science.md §5: step 0, step 1, every log_every steps, and the last step."""
+    """docs/science.md §5: step 0, step 1, every log_every steps, and the last step."""
     return sorted({0, min(1, steps), steps, *range(log_every, steps + 1, log_every)})
 
 
@@ -179,7 +185,7 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
     steps = cfg["steps"]
     logged = set(logged_steps(steps, cfg["log_every"]))
     kept = set(kept_checkpoints(steps, cfg["log_every"], cfg["keep_checkpoints"], cfg["keep_all_checkpoints"]))
-    ckpt_dir = work / "ckpt"
+    ckpt_dir = work / CHECKPOINT_DIR
     if main:
         ckpt_dir.mkdir(exist_ok=True)
         for stale in ckpt_dir.glob("*.tmp"):  # a kill inside _save_atomic leaves one; never publish it
@@ -200,8 +206,8 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
     t0, last_print, tokens_done = time.time(), time.time(), 0
     step = start_step
     while step <= steps:
-        if main and step in kept and not (ckpt_dir / f"step_{step:06d}.pt").exists():
-            _save_atomic(trainer.model.state_dict(), ckpt_dir / f"step_{step:06d}.pt")
+        if main and step in kept and not checkpoint_path(work, step).exists():
+            _save_atomic(trainer.model.state_dict(), checkpoint_path(work, step))
         if step == steps:
             break
         loss = trainer.step(step)

@@ -3,33 +3,15 @@
 
 The study description (preset, sweep, ablations, probe token counts) comes from the resolved plan; the choices made
 where the paper is silent are read from README.md's "Choices where the paper is silent" at build time, so the
-report never drifts from the documentation.
+report never drifts from the documentation. What the report shows is core/report_sections.py's SECTIONS.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from specscale.cache import RunStore
 from specscale.plan import StudyPlan
 from specscale.report import build_report, parse_choices
-from specscale.spec import to_container
-
-
-def study_context(plan: StudyPlan) -> dict[str, Any]:
-    study = plan.study
-    model = to_container(study.model)
-    probe = to_container(study.probe)
-    return {
-        "preset": str(study.preset),
-        "reference_optimizer": str(study.fit.reference_optimizer),
-        "model": {k: model[k] for k in ("d_model", "n_layers", "n_heads", "pos_encoding", "postln_fraction")},
-        "sweep": to_container(study.sweep),
-        "ablations": {name: {k: v for k, v in to_container(arm).items() if v not in (None, {}, [])}
-                      for name, arm in study.ablations.items()},
-        "probe": {k: probe[k] for k in ("tokens_per_bucket", "pooled_tokens", "alphas")},
-        "train": {"steps": int(study.train.steps), "last_k": int(study.fit.last_k)},
-    }
+from specscale.report_sections import study_context
 
 
 def main(plan: StudyPlan, store: RunStore) -> int:

@@ -1,4 +1,4 @@
-"""Frequency buckets (science.md §5) and the fixed probe set."""
+"""Frequency buckets (docs/science.md §5) and the fixed probe set."""
 
 from __future__ import annotations
 

@@ -21,8 +21,43 @@ from specscale.fit import (
     seed_mean_interval,
 )
 
+from tolerances import rounding_tol
+
 KEYS = ["model", "optimizer", "bucket", "metric"]
 PAPER_TABLE = pd.read_csv(PAPER_BETA_TABLE)
+F64 = np.float64
+# Float64 rounding of one fit as compared with printed decimals: ~100 operations (logs, means, n-term sums, a ratio,
+# the t quantile) on O(1) logs, plus the decimals' binary representation: ≈ 2e-13, far below any printed digit.
+FIT_SLACK = rounding_tol(F64, 100)
+
+
+def _ols_tols(widths, ranks) -> dict[str, float]:
+    """Float64 rounding bounds of ols_loglog's outputs, from its formulas on these points (n of them):
+
+    dx, dy (logs less their means): n + 2 roundings at L = the largest |log| (absolute, e_v each);
+    β = Σdx·dy / Σdx²: e_v·(Σ|dy| + 3·Σ|dx|)/Sxx plus the two n-term sums' and the division's own;
+    intercept = mean(ln r) − β·mean(ln D): e_v + |mean ln D|·δβ + 2 roundings at L;
+    residuals dy − β·dx, SS_res and SS_tot (n-term sums), R² = 1 − SS_res/SS_tot; se = √(SS_res/(n − 2)/Sxx);
+    the t quantile (scipy: correctly rounded at 1 and 2 degrees of freedom) counts 4.
+    """
+    lx, ly = np.log(np.asarray(widths, F64)), np.log(np.asarray(ranks, F64))
+    n = lx.size
+    dx, dy = lx - lx.mean(), ly - ly.mean()
+    sxx = float(dx @ dx)
+    beta = float(dx @ dy) / sxx
+    L = float(max(np.abs(lx).max(), np.abs(ly).max()))
+    e_v = rounding_tol(F64, n + 2, magnitude=L)
+    d_beta = e_v * (np.abs(dy).sum() + 3 * np.abs(dx).sum()) / sxx
+    d_beta += rounding_tol(F64, n + 1, magnitude=float(np.abs(dx * dy).sum()) / sxx + abs(beta))
+    resid = dy - beta * dx
+    ss_res, ss_tot = float(resid @ resid), float(dy @ dy)
+    e_r = e_v * (1 + abs(beta)) + float(np.abs(dx).max()) * d_beta + rounding_tol(F64, 2, magnitude=L)
+    d_res = 2 * float(np.abs(resid).sum()) * e_r + n * e_r**2 + rounding_tol(F64, n, magnitude=ss_res)
+    d_tot = 2 * float(np.abs(dy).sum()) * e_v + rounding_tol(F64, n, magnitude=ss_tot)
+    r2 = d_res / ss_tot + ss_res / ss_tot * d_tot / ss_tot + rounding_tol(F64, 2)
+    se_rel = 0.5 * (d_res / ss_res + d_beta / abs(beta)) + rounding_tol(F64, 3) if ss_res > 0 else math.inf
+    return {"beta": d_beta, "intercept": e_v + abs(float(lx.mean())) * d_beta + rounding_tol(F64, 2, magnitude=L),
+            "r2": r2, "se_rel": se_rel, "t_rel": rounding_tol(F64, 4)}
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +78,17 @@ def test_fit_points_reproduces_every_published_fit(our_table: pd.DataFrame, row:
         mine = mine[mine[k] == row[k]]
     assert len(mine) == 1
     got = mine.iloc[0]
-    # published β has 4 decimals, interval and R² 3: agree to within half a unit of the last printed digit
-    assert abs(got["beta"] - row["beta"]) <= 0.5e-4 + 1e-12
-    assert abs(got["ci95_low"] - row["ci95_low"]) <= 0.5e-3 + 1e-12
-    assert abs(got["ci95_high"] - row["ci95_high"]) <= 0.5e-3 + 1e-12
-    assert abs(got["r2"] - row["r2"]) <= 0.5e-3 + 1e-12
+    # published β has 4 decimals, interval and R² 3: agree to within half a unit of the last printed digit (plus the
+    # fit's float64 rounding, FIT_SLACK)
+    assert abs(got["beta"] - row["beta"]) <= 0.5e-4 + FIT_SLACK
+    assert abs(got["ci95_low"] - row["ci95_low"]) <= 0.5e-3 + FIT_SLACK
+    assert abs(got["ci95_high"] - row["ci95_high"]) <= 0.5e-3 + FIT_SLACK
+    assert abs(got["r2"] - row["r2"]) <= 0.5e-3 + FIT_SLACK
     assert got["n_widths"] == row["n_widths"]
     assert bool(got["fitted"])
 
 
-# science.md §8: β_hard / β_soft / Δ by bucket (GPT-2 160M), published to 2 decimals. GLOBAL = pooled.
+# docs/science.md §8: β_hard / β_soft / Δ by bucket (GPT-2 160M), published to 2 decimals. GLOBAL = pooled.
 PUBLISHED_DELTAS = {
     ("adamw", "HEAD"): 0.18, ("adamw", "MID"): 0.21, ("adamw", "TAIL"): 0.18, ("adamw", "GLOBAL"): 0.37,
     ("muon", "HEAD"): 0.29, ("muon", "MID"): -0.04, ("muon", "TAIL"): 0.01, ("muon", "GLOBAL"): 0.14,
@@ -70,8 +106,9 @@ def test_add_deltas_matches_published_deltas(our_table: pd.DataFrame) -> None:
         row = deltas.loc[(opt, bucket)]
         soft = our_table.query("optimizer == @opt and bucket == @bucket and metric == 'soft_rank'")["beta"].item()
         hard = our_table.query("optimizer == @opt and bucket == @bucket and metric == 'hard_rank'")["beta"].item()
-        assert row["beta"] == pytest.approx(soft - hard, abs=1e-15)
-        assert abs(row["beta"] - published) <= 0.005 + 1e-9, (opt, bucket)
+        # the same subtraction: one rounding at |β| ≤ 2
+        assert row["beta"] == pytest.approx(soft - hard, abs=rounding_tol(F64, 1, magnitude=2.0))
+        assert abs(row["beta"] - published) <= 0.005 + 2 * FIT_SLACK, (opt, bucket)  # half a unit at 2 decimals
         assert bool(row["fitted"]) and row["n_widths"] == 8
         assert math.isnan(row["ci95_low"]) and math.isnan(row["r2"])
 
@@ -96,20 +133,30 @@ def test_hand_computed_three_point_fit() -> None:
     res = ols_loglog([1.0, math.e, math.e**2], [1.0, math.e, math.e**3])
     half = 12.706204736174694 * math.sqrt(1.0 / 12.0)
     assert res.fitted and res.n == 3
-    assert res.beta == pytest.approx(1.5, abs=1e-14)
-    assert res.intercept == pytest.approx(-1.0 / 6.0, abs=1e-14)
-    assert res.r2 == pytest.approx(27.0 / 28.0, abs=1e-14)
-    assert res.se == pytest.approx(math.sqrt(1.0 / 12.0), rel=1e-13)
-    assert res.ci_low == pytest.approx(1.5 - half, rel=1e-12)
-    assert res.ci_high == pytest.approx(1.5 + half, rel=1e-12)
+    # float64 rounding of the fit (_ols_tols; ≈ 1e-13) plus the closed forms' own (3 at |value|); a slip in any
+    # formula (n vs n − 2, a wrong mean) moves these by ≳ 1e-2
+    tol = _ols_tols([1.0, math.e, math.e**2], [1.0, math.e, math.e**3])
+    assert res.beta == pytest.approx(1.5, abs=tol["beta"] + rounding_tol(F64, 1, 1.5))
+    assert res.intercept == pytest.approx(-1.0 / 6.0, abs=tol["intercept"] + rounding_tol(F64, 1))
+    assert res.r2 == pytest.approx(27.0 / 28.0, abs=tol["r2"] + rounding_tol(F64, 1))
+    assert res.se == pytest.approx(math.sqrt(1.0 / 12.0), rel=tol["se_rel"] + rounding_tol(F64, 2))
+    ci_tol = tol["beta"] + half * (tol["se_rel"] + tol["t_rel"]) + rounding_tol(F64, 3, magnitude=1.5 + half)
+    assert res.ci_low == pytest.approx(1.5 - half, abs=ci_tol)
+    assert res.ci_high == pytest.approx(1.5 + half, abs=ci_tol)
 
 
 def test_perfect_power_law_is_recovered_exactly() -> None:
     widths = 768.0 * np.arange(1, 9)
-    res = ols_loglog(widths, 3.0 * widths**0.73)
-    assert res.beta == pytest.approx(0.73, abs=1e-12)
-    assert res.r2 == pytest.approx(1.0, abs=1e-12)
-    assert res.intercept == pytest.approx(math.log(3.0), abs=1e-10)
+    ranks = 3.0 * widths**0.73
+    res = ols_loglog(widths, ranks)
+    # float64 rounding of the fit on logs of size ≈ 9 (_ols_tols), plus the data's own (a power and a product: 3
+    # roundings of each rank, i.e. 3 eps in each log, as a β error ≤ 3 eps·Σ|dx|/Sxx; covered by e_v's n + 2)
+    tol = _ols_tols(widths, ranks)
+    assert res.beta == pytest.approx(0.73, abs=tol["beta"])
+    assert res.r2 == pytest.approx(1.0, abs=tol["r2"])
+    assert res.intercept == pytest.approx(math.log(3.0), abs=tol["intercept"] + rounding_tol(F64, 1))
+    # The residuals are rounding (≲ e_v ≈ 2e-14), so the interval's width 2·t·se is ~1e-13; 1e-10 is ≥ 100× that
+    # and far below any real scatter's interval (≳ 1e-2).
     assert res.ci_high - res.ci_low < 1e-10
 
 
@@ -141,9 +188,11 @@ def test_ols_matches_scipy_linregress_on_noisy_data() -> None:
     ranks = 2.0 * widths**0.6 * np.exp(rng.normal(0, 0.1, 8))
     ref = stats.linregress(np.log(widths), np.log(ranks))
     res = ols_loglog(widths, ranks)
-    assert res.beta == pytest.approx(ref.slope, rel=1e-12)
-    assert res.se == pytest.approx(ref.stderr, rel=1e-10)
-    assert res.r2 == pytest.approx(ref.rvalue**2, rel=1e-12)
+    # two float64 implementations of the same formulas: each within _ols_tols of exact
+    tol = _ols_tols(widths, ranks)
+    assert res.beta == pytest.approx(ref.slope, abs=2 * tol["beta"])
+    assert res.se == pytest.approx(ref.stderr, rel=2 * tol["se_rel"])
+    assert res.r2 == pytest.approx(ref.rvalue**2, abs=2 * tol["r2"] + rounding_tol(F64, 2))
 
 
 def _hand_checkpoint_table() -> pd.DataFrame:
@@ -194,6 +243,7 @@ def test_bootstrap_interval_contains_beta_for_clean_power_law() -> None:
     assert boot.ci_low < 0.8 < boot.ci_high
     assert boot.ci_low <= boot.beta <= boot.ci_high
     assert boot.ci_high - boot.ci_low < 0.1
+    # the same medians through the same fit: equal up to a rounding or two; 1e-14 (≈ 45 eps) is ≥ 20× that
     assert boot.beta == pytest.approx(ols_loglog(widths, [np.median(v) for v in layers]).beta, rel=1e-14)
     again = bootstrap_beta(widths, layers, n_boot=1000, seed=0)
     assert (again.ci_low, again.ci_high) == (boot.ci_low, boot.ci_high)  # reproducible from the seed
@@ -203,17 +253,23 @@ def test_bootstrap_of_identical_layers_has_zero_width() -> None:
     widths = [100.0, 200.0, 400.0]
     layers = [np.full(6, 2.0 * w**0.5) for w in widths]
     boot = bootstrap_beta(widths, layers, n_boot=200, seed=1)
-    assert boot.ci_low == pytest.approx(0.5, abs=1e-12) and boot.ci_high == pytest.approx(0.5, abs=1e-12)
+    # every resample has the same medians, so every β is the one fit's, within its float64 rounding
+    tol = _ols_tols(widths, [2.0 * w**0.5 for w in widths])["beta"] + rounding_tol(F64, 2, 0.5)
+    assert boot.ci_low == pytest.approx(0.5, abs=tol) and boot.ci_high == pytest.approx(0.5, abs=tol)
 
 
 def test_seed_mean_interval_hand_computed() -> None:
     res = seed_mean_interval([0.9, 1.0, 1.1])
     half = 4.302652729749462 * 0.1 / math.sqrt(3.0)  # t(0.975, 2) · sd / √n, sd = 0.1
     assert res.computed and res.n == 3
-    assert res.mean == pytest.approx(1.0, abs=1e-15)
-    assert res.sd == pytest.approx(0.1, rel=1e-12)
-    assert res.ci_low == pytest.approx(1.0 - half, rel=1e-12)
-    assert res.ci_high == pytest.approx(1.0 + half, rel=1e-12)
+    # mean: 3 terms and a division at ≤ 1.1
+    assert res.mean == pytest.approx(1.0, abs=rounding_tol(F64, 4, magnitude=1.1))
+    # sd: the deviations x − mean (≈ 0.1) lose |x|/0.1 = 11× relative to their size; squares, sum, division, sqrt
+    sd_rel = rounding_tol(F64, 4 + 5, magnitude=11.0)
+    assert res.sd == pytest.approx(0.1, rel=sd_rel)
+    ci_tol = half * (sd_rel + rounding_tol(F64, 4 + 3)) + rounding_tol(F64, 1, magnitude=1.0 + half)
+    assert res.ci_low == pytest.approx(1.0 - half, abs=ci_tol)
+    assert res.ci_high == pytest.approx(1.0 + half, abs=ci_tol)
     single = seed_mean_interval([0.7])
     assert not single.computed and single.mean == 0.7 and math.isnan(single.ci_low)
     assert not seed_mean_interval([]).computed

@@ -1,13 +1,15 @@
 """The launcher: only missing runs compute, failures are gathered (never stop the others), finished runs stay,
 and a restarted launcher re-attaches to a live local job instead of submitting it again.
 
-The stage under test is a fake: `run_one` writes a file, can wait or sleep, and raises for specs marked `fail`.
-In-process (`debug`) it is a module object in sys.modules; for real submitit subprocesses (`local`) it is a file
-under a tmp dir that a `sitecustomize.py` on PYTHONPATH serves as `specscale.stages.<name>` in every child.
+The stage under test is a fake: `run_one` writes a file, can wait or sleep, and raises for specs marked `fail`. The
+launcher is handed that function, as the stage table hands it a real stage's entry point. In-process (`debug`) it
+comes from a module object; for real submitit subprocesses (`local`) from a module file on PYTHONPATH, which the
+children import when they unpickle the function.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -24,6 +26,7 @@ from specscale.launch import Launcher, Task, make_executor, run_task
 from specscale.spec import LauncherSpec
 
 FAKE_STAGE = '''
+import importlib
 import json
 import os
 import time
@@ -45,29 +48,7 @@ def run_one(spec, work, store):
     return {"answer": 42}
 '''
 
-SITECUSTOMIZE = '''
-import importlib.abc
-import importlib.util
-import os
-import sys
-
-_DIR = os.path.dirname(os.path.abspath(__file__))
-_PREFIX = "specscale.stages."
-
-
-class _FakeStages(importlib.abc.MetaPathFinder):
-    """specscale.stages.<name> → <this dir>/stage_<name>.py, for test stages only."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.startswith(_PREFIX):
-            file = os.path.join(_DIR, "stage_" + fullname[len(_PREFIX):] + ".py")
-            if os.path.exists(file):
-                return importlib.util.spec_from_file_location(fullname, file)
-        return None
-
-
-sys.meta_path.insert(0, _FakeStages())
-'''
+ENTRY: dict = {}  # fake stage name → its run_one, filled by the fixtures
 
 
 def _launcher_cfg(cluster: str, **overrides):
@@ -97,9 +78,10 @@ class Echo(list):
 
 @pytest.fixture
 def fake_debug_stage(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    module = types.ModuleType("specscale.stages.fake")
+    module = types.ModuleType("fake_stage_debug")
     exec(FAKE_STAGE, module.__dict__)
-    monkeypatch.setitem(sys.modules, "specscale.stages.fake", module)
+    monkeypatch.setitem(sys.modules, "fake_stage_debug", module)
+    monkeypatch.setitem(ENTRY, "fake", module.run_one)
     return module
 
 
@@ -107,7 +89,7 @@ def test_debug_failures_are_gathered_and_others_finish(tmp_path: Path, fake_debu
     store = RunStore(tmp_path)
     tasks = _tasks([{"name": "a", "fail": True}, {"name": "b"}, {"name": "c"}])  # the failure comes first
     echo = Echo()
-    report = Launcher("fake", store, _launcher_cfg("debug"), echo=echo).run(tasks)
+    report = Launcher("fake", ENTRY["fake"], store, _launcher_cfg("debug"), echo=echo).run(tasks)
 
     assert report.total == 3 and report.cached == []
     assert report.computed == ["keyb", "keyc"]
@@ -133,15 +115,15 @@ def test_debug_failures_are_gathered_and_others_finish(tmp_path: Path, fake_debu
     mtimes = {n: (store.final_dir("fake", f"key{n}") / SUCCESS).stat().st_mtime_ns for n in ("b", "c")}
     calls = []
     original = fake_debug_stage.run_one
-    fake_debug_stage.run_one = lambda spec, work, st: calls.append(spec["name"]) or original(spec, work, st)
-    report2 = Launcher("fake", store, _launcher_cfg("debug"), echo=Echo()).run(tasks)
+    counted = lambda spec, work, st: calls.append(spec["name"]) or original(spec, work, st)  # noqa: E731
+    report2 = Launcher("fake", counted, store, _launcher_cfg("debug"), echo=Echo()).run(tasks)
     assert sorted(report2.cached) == ["keyb", "keyc"] and report2.computed == []
     assert [f[0] for f in report2.failed] == ["keya"] and calls == ["a"]
     assert mtimes == {n: (store.final_dir("fake", f"key{n}") / SUCCESS).stat().st_mtime_ns for n in ("b", "c")}
 
     # Without the failing task: all cached, nothing runs, exit 0.
     calls.clear()
-    report3 = Launcher("fake", store, _launcher_cfg("debug"), echo=Echo()).run(tasks[1:])
+    report3 = Launcher("fake", counted, store, _launcher_cfg("debug"), echo=Echo()).run(tasks[1:])
     assert sorted(report3.cached) == ["keyb", "keyc"] and report3.computed == [] and report3.failed == []
     assert report3.exit_code == 0 and calls == []
     assert read_json(store.root / ".jobs" / "fake.json") == {}
@@ -150,11 +132,11 @@ def test_debug_failures_are_gathered_and_others_finish(tmp_path: Path, fake_debu
 def test_run_task_commits_atomically(tmp_path: Path, fake_debug_stage) -> None:
     store = RunStore(tmp_path)
     store.begin("fake", "k", {"name": "x"})
-    assert run_task("fake", "k", str(tmp_path)) == "k"
+    assert run_task(ENTRY["fake"], "fake", "k", str(tmp_path)) == "k"
     assert store.is_done("fake", "k") and not store.work_dir("fake", "k").exists()
     store.begin("fake", "bad", {"name": "y", "fail": True})
     with pytest.raises(RuntimeError, match="planned failure of y"):
-        run_task("fake", "bad", str(tmp_path))
+        run_task(ENTRY["fake"], "fake", "bad", str(tmp_path))
     assert not store.final_dir("fake", "bad").exists() and store.work_dir("fake", "bad").is_dir()
 
 
@@ -172,14 +154,16 @@ def test_make_executor_names_the_cluster(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_local_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A stage named `fakelocal` that child processes can import as specscale.stages.fakelocal."""
+    """A stage named `fakelocal` whose run_one lives in a module file that child processes can import."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "stage_fakelocal.py").write_text(textwrap.dedent(FAKE_STAGE))
-    (site / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
+    (site / "fake_stage_local.py").write_text(textwrap.dedent(FAKE_STAGE))
     old = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", str(site) + (os.pathsep + old if old else ""))
     monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "fake_stage_local", raising=False)
+    module = importlib.import_module("fake_stage_local")
+    monkeypatch.setitem(ENTRY, "fakelocal", module.run_one)
     return "fakelocal"
 
 
@@ -189,7 +173,7 @@ def test_local_max_parallel_1_and_failures_with_submitit_log(tmp_path: Path, fak
     store = RunStore(root)
     tasks = _tasks([{"name": "a"}, {"name": "b", "fail": True}, {"name": "c"}])
     echo = Echo()
-    report = Launcher(stage, store, _launcher_cfg("local", max_parallel=1), echo=echo).run(tasks)
+    report = Launcher(stage, ENTRY[stage], store, _launcher_cfg("local", max_parallel=1), echo=echo).run(tasks)
 
     assert report.computed == ["keya", "keyc"], echo.text()
     assert report.exit_code == 1 and len(report.failed) == 1
@@ -206,7 +190,7 @@ def test_local_max_parallel_1_and_failures_with_submitit_log(tmp_path: Path, fak
     records = read_json(store.root / ".jobs" / f"{stage}.json")
     assert "keya" not in records and "keyc" not in records  # finished runs' job records are dropped
 
-    report2 = Launcher(stage, store, _launcher_cfg("local", max_parallel=1), echo=Echo()).run([tasks[0], tasks[2]])
+    report2 = Launcher(stage, ENTRY[stage], store, _launcher_cfg("local", max_parallel=1), echo=Echo()).run([tasks[0], tasks[2]])
     assert sorted(report2.cached) == ["keya", "keyc"] and report2.computed == [] and report2.failed == []
 
 
@@ -219,10 +203,10 @@ def test_local_relaunch_reattaches_to_a_live_job(tmp_path: Path, fake_local_stag
     cfg = _launcher_cfg("local", max_parallel=1)
 
     # An earlier launcher submitted the job, recorded it and died; its controller lives on.
-    first = Launcher(stage, store, cfg, echo=Echo())
+    first = Launcher(stage, ENTRY[stage], store, cfg, echo=Echo())
     store.begin(stage, task.key, task.spec)
     first.folder.mkdir(parents=True, exist_ok=True)
-    job = make_executor(cfg, first.folder, stage).submit(run_task, stage, task.key, str(store.project_root))
+    job = make_executor(cfg, first.folder, stage).submit(run_task, ENTRY[stage], stage, task.key, str(store.project_root))
     first.jobs_path.parent.mkdir(parents=True, exist_ok=True)
     first.jobs_path.write_text(json.dumps({task.key: {"cluster": "local", "job_id": str(job.job_id),
                                                       "folder": str(first.folder), "submitted_at": time.time()}}))
@@ -238,7 +222,7 @@ def test_local_relaunch_reattaches_to_a_live_job(tmp_path: Path, fake_local_stag
                    b"submitit.local._local" in Path(f"/proc/{job.job_id}/cmdline").read_bytes()):
             assert time.time() < deadline
             time.sleep(0.05)
-        report = Launcher(stage, store, cfg, echo=echo).run([task])
+        report = Launcher(stage, ENTRY[stage], store, cfg, echo=echo).run([task])
     finally:
         go.touch()
         job.wait()
@@ -263,7 +247,7 @@ def test_dead_job_record_is_resubmitted(tmp_path: Path, fake_local_stage: str) -
     store = RunStore(tmp_path / "proj")
     (task,) = _tasks([{"name": "d"}])
     cfg = _launcher_cfg("local")
-    launcher = Launcher(stage, store, cfg, echo=Echo())
+    launcher = Launcher(stage, ENTRY[stage], store, cfg, echo=Echo())
     launcher.jobs_path.parent.mkdir(parents=True, exist_ok=True)
     launcher.jobs_path.write_text(json.dumps({task.key: {"cluster": "local", "job_id": str(os.getpid()),
                                                          "folder": str(launcher.folder), "submitted_at": 0}}))

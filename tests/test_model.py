@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,6 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from specscale.model import GPT, ModelShape, Rotary, flops_per_token, init_linear_, rms_norm
+from tolerances import eps, rounding_tol
+
+F32 = torch.float32
 
 
 def _model(seed: int = 0, **kw) -> GPT:
@@ -21,6 +25,30 @@ def _model(seed: int = 0, **kw) -> GPT:
 
 def _tokens(B: int = 2, T: int = 12, V: int = 128, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _block_ops(shape: ModelShape, T: int) -> int:
+    """Rounded operations along one output entry of a block: RMSNorm (d + 4), the q/k/v projection (d), RoPE (5),
+    QK-norm (hd + 4), a score (hd + 1), softmax (T + 3), the weighted sum of values (T), the output projection (d),
+    the residual (1); RMSNorm (d + 4), c_fc (d), ReLU² (1), c_proj (ffn_dim), the residual (1)."""
+    d, hd = shape.d_model, shape.d_model // shape.n_heads
+    return 3 * (d + 4) + (hd + 4) + (hd + 1) + (T + 3) + T + 5 + 2 * d + 3 + shape.ffn_dim
+
+
+def _forward_tol(model: GPT, idx: torch.Tensor) -> float:
+    """Bound on the fp32 rounding error of the logits: every block's chain plus the final RMSNorm and the head (d
+    each), at the largest hidden-state or logit magnitude on this input. The blocks' Jacobians are taken as O(1)
+    (RMSNorm'd inputs, 1/√fan_in init)."""
+    shape = model.shape
+    with torch.no_grad():
+        x = model.embed(idx)
+        magnitudes = [x.abs().max()]
+        for block in model.blocks:
+            x = block(x)
+            magnitudes.append(x.abs().max())
+        magnitudes.append(model.head(rms_norm(x)).abs().max())
+    n_ops = shape.n_layers * _block_ops(shape, idx.size(1)) + 2 * shape.d_model + 4
+    return rounding_tol(F32, n_ops, magnitude=max(magnitudes))
 
 
 # --- parameters ----------------------------------------------------------------------------------------------------
@@ -55,8 +83,11 @@ def test_logits_shape_and_dtype() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(idx).dtype == torch.float32  # logits stay fp32 under bf16 autocast
     targets = _tokens(B=3, T=10, seed=2)
-    expected = F.cross_entropy(logits.reshape(-1, 128), targets.reshape(-1))
-    assert torch.allclose(model.loss(idx, targets), expected, rtol=0, atol=1e-6)
+    # Oracle: the same logits, cross-entropy in float64. fp32 rounding of the loss: a log-sum-exp over V = 128 and a
+    # mean over 30 tokens, plus 4, at |logit| + ln V. Shifted targets or a sum instead of a mean are O(1) off.
+    expected = F.cross_entropy(logits.double().reshape(-1, 128), targets.reshape(-1))
+    tol = rounding_tol(F32, 128 + 30 + 4, magnitude=logits.abs().max().item() + math.log(128))
+    torch.testing.assert_close(model.loss(idx, targets).double(), expected, rtol=0, atol=tol)
 
 
 # --- init ----------------------------------------------------------------------------------------------------------
@@ -117,14 +148,28 @@ def test_postln_block_output_is_normalised() -> None:
     x = 3.0 * torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         post, pre = model.blocks[0](x), model.blocks[1](x)
-    rms = lambda t: t.pow(2).mean(-1).sqrt()
-    assert torch.allclose(rms(post), torch.ones(2, 8), atol=1e-4)
-    assert not torch.allclose(rms(pre), torch.ones(2, 8), atol=0.1)
-    with torch.no_grad():  # and it is x + attn(norm x) + mlp(...) exactly
-        h = x + model.blocks[1].attn(rms_norm(x))
-        assert torch.allclose(pre, h + model.blocks[1].mlp(rms_norm(h)), atol=1e-5)
-        h = rms_norm(x + model.blocks[0].attn(x))
-        assert torch.allclose(post, rms_norm(h + model.blocks[0].mlp(h)), atol=1e-5)
+    rms = lambda t: t.double().pow(2).mean(-1).sqrt()
+    # Float64 oracles: the blocks' formulas on float64 copies of the blocks and of x.
+    blocks64 = copy.deepcopy(model.blocks).double()
+    x64 = x.double()
+    with torch.no_grad():
+        h = rms_norm(x64 + blocks64[0].attn(x64))
+        z = h + blocks64[0].mlp(h)
+        post_expected = rms_norm(z)
+        h = x64 + blocks64[1].attn(rms_norm(x64))
+        pre_expected = h + blocks64[1].mlp(rms_norm(h))
+    # RMS of an fp32 RMSNorm output: its chain (d = 32 terms + 4), plus F.rms_norm's own ε = eps(fp32) under the root,
+    # which lowers the RMS by ε/(2·mean(z²)). Not normalising at all is O(1) off.
+    tol = rounding_tol(F32, 32 + 4) + eps(F32) / (2 * z.pow(2).mean(-1).min().item())
+    torch.testing.assert_close(rms(post), torch.ones(2, 8).double(), atol=tol, rtol=0)
+    assert not torch.allclose(rms(pre), torch.ones(2, 8).double(), atol=0.1)
+    # and it is x + attn(norm x) + mlp(...): fp32 block vs the float64 formula, one block's chain at the largest
+    # activation (|x| ≈ 10); a misplaced norm or residual would be O(1) off
+    T = x.size(1)
+    magnitude = max(x.abs().max(), pre_expected.abs().max())
+    tol = rounding_tol(F32, _block_ops(model.shape, T), magnitude=magnitude)
+    torch.testing.assert_close(pre.double(), pre_expected, atol=tol, rtol=0)
+    torch.testing.assert_close(post.double(), post_expected, atol=tol, rtol=0)
 
 
 def test_nope_has_no_rotary_and_rope_does() -> None:
@@ -145,24 +190,38 @@ def test_nope_is_blind_to_the_order_of_the_prefix() -> None:
     nope = _model(n_layers=1, pos_encoding="nope")
     rope = _model(n_layers=1, pos_encoding="rope")
     rope.load_state_dict(nope.state_dict())  # identical weights: the only difference is RoPE
+    # Equal in exact arithmetic; in fp32 the keys are summed in another order: each side within the forward pass's
+    # rounding bound of the exact logits, so within twice that of each other. RoPE's change is ≥ 100× larger.
+    tol = 2 * max(_forward_tol(nope, idx), _forward_tol(nope, shuffled))
     with torch.no_grad():
-        assert torch.allclose(nope(idx)[:, -1], nope(shuffled)[:, -1], atol=1e-5)
-        assert (rope(idx)[:, -1] - rope(shuffled)[:, -1]).abs().max() > 1e-3
-        # RoPE's first position is not rotated (angle 0): there both models agree exactly.
-        assert torch.allclose(rope(idx)[:, 0], nope(idx)[:, 0], atol=1e-6)
+        torch.testing.assert_close(nope(idx)[:, -1], nope(shuffled)[:, -1], atol=tol, rtol=0)
+        assert (rope(idx)[:, -1] - rope(shuffled)[:, -1]).abs().max() > 100 * tol
+        # RoPE's first position is not rotated (angle 0): there both models agree (exactly in exact arithmetic;
+        # allow the two forward passes' rounding).
+        torch.testing.assert_close(rope(idx)[:, 0], nope(idx)[:, 0], atol=tol, rtol=0)
 
 
 def test_rotary_is_a_rotation() -> None:
     rot = Rotary(head_dim=8, base=10000.0, max_seq_len=16)
-    x = torch.randn(2, 3, 16, 8)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 8, generator=gen)
     y = rot(x)
-    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
-    assert torch.allclose(y[..., 0, :], x[..., 0, :])  # position 0: angle 0
+    # Norms in float64. A slightly wrong angle is still a rotation; what changes the norm is the fp32 rounding of
+    # cos and sin (2) and of x1·cos − x2·sin (3): 5 roundings per entry at |x|, √8 entries per norm.
+    tol = math.sqrt(8) * rounding_tol(F32, 5, magnitude=x.abs().max())
+    torch.testing.assert_close(y.double().norm(dim=-1), x.double().norm(dim=-1), atol=tol, rtol=0)
+    # position 0: angle 0·θ = 0, cos 0 = 1 and sin 0 = 0 exactly, so x1·1 − x2·0 = x1 bit for bit (by design)
+    assert torch.equal(y[..., 0, :], x[..., 0, :])
     # relative: <R_m q, R_n k> depends on m - n only
-    q, k = torch.randn(8), torch.randn(8)
+    q, k = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
     rq = rot(q.expand(1, 1, 16, 8))[0, 0]
     rk = rot(k.expand(1, 1, 16, 8))[0, 0]
-    assert torch.allclose(rq[5] @ rk[2], rq[9] @ rk[6], atol=1e-5)
+    # Dots in float64. fp32 angle p·θ: θ = base^(−i/hd) carries ≈ ln(base)·eps ≈ 8 eps of relative error, so the
+    # angle's absolute error is ≤ 8·p·eps (p ≤ 9), plus cos/sin and the rotation (5): relative error per rotated
+    # entry ≤ (8·9 + 5)·eps; four rotated vectors enter the difference of dots, each bounded by ‖q‖‖k‖.
+    tol = 4 * rounding_tol(F32, 8 * 9 + 5, magnitude=(q.norm() * k.norm()).item())
+    torch.testing.assert_close(rq[5].double() @ rk[2].double(), rq[9].double() @ rk[6].double(), atol=tol, rtol=0)
+    assert (rq[5].double() @ rk[2].double() - rq[9].double() @ rk[5].double()).abs() > 10 * tol  # m − n matters
 
 
 def test_heads_independent_of_d_model() -> None:
@@ -172,8 +231,10 @@ def test_heads_independent_of_d_model() -> None:
     assert two.blocks[0].attn.head_dim == 32 and eight.blocks[0].attn.head_dim == 8
     eight.load_state_dict(two.state_dict())
     idx = _tokens()
+    # same weights, different head split: far more than the two forward passes' rounding could explain
+    tol = 2 * max(_forward_tol(two, idx), _forward_tol(eight, idx))
     with torch.no_grad():
-        assert (two(idx) - eight(idx)).abs().max() > 1e-3  # same weights, different head split
+        assert (two(idx) - eight(idx)).abs().max() > 10 * tol
 
 
 def test_bad_head_counts_raise() -> None:
@@ -230,8 +291,11 @@ def test_causal(pos_encoding: str, postln: float) -> None:
     changed[:, 8] = (changed[:, 8] + 1) % 128
     with torch.no_grad():
         a, b = model(idx), model(changed)
-    assert torch.allclose(a[:, :8], b[:, :8], rtol=0, atol=1e-6)
-    assert (a[:, 8:] - b[:, 8:]).abs().amax(dim=-1).min() > 1e-4  # every later position sees the change
+    # Positions before 8 compute the same values either way (exact arithmetic); allow twice the forward pass's
+    # rounding bound. A leak of token 8 into them would be as large as its effect on later positions, ≥ 10× that.
+    tol = 2 * max(_forward_tol(model, idx), _forward_tol(model, changed))
+    torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=tol)
+    assert (a[:, 8:] - b[:, 8:]).abs().amax(dim=-1).min() > 10 * tol  # every later position sees the change
 
 
 def test_flops_per_token() -> None:

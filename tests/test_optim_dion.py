@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from specscale.optim import Dion, dion_rank, initial_q
+from tolerances import dion_tol, rounding_tol
 
 LR, MU, WD = 0.1, 0.9, 0.05
+F32 = torch.float32
 
 
 def _rand(shape: tuple[int, int], seed: int) -> torch.Tensor:
@@ -18,12 +20,29 @@ def _rand(shape: tuple[int, int], seed: int) -> torch.Tensor:
 
 
 def _update(opt: Dion, p: nn.Parameter, G: torch.Tensor, wd: float = 0.0) -> torch.Tensor:
-    """One step; returns the direction D with W_new = (1 − lr·wd)·W − lr·√(m/n)·D."""
-    before = p.detach().clone()
+    """One step; returns the direction D with W_new = (1 − lr·wd)·W − lr·√(m/n)·D, read back in float64."""
+    before = p.detach().double()
     p.grad = G.clone()
     opt.step()
     m, n = p.shape
-    return ((1 - LR * wd) * before - p.detach()) / (LR * math.sqrt(m / n))
+    return ((1 - LR * wd) * before - p.detach().double()) / (LR * math.sqrt(m / n))
+
+
+def _readback_tol(W: torch.Tensor) -> float:
+    """Error of D read back from fp32 weights: the update's five roundings at |W| (two products, a sum, two Python
+    factors cast to fp32), divided by lr·scale."""
+    m, n = W.shape
+    return rounding_tol(F32, 5, magnitude=W.abs().max()) / (LR * math.sqrt(m / n))
+
+
+def _state_q(opt: Dion, p: nn.Parameter, r: int, index: int = 0, seed: int = 0) -> torch.Tensor:
+    """The Q the next step starts from (the parameter's starting Q before its first step)."""
+    state = opt.state[p]
+    return state["Q"].clone() if "Q" in state else initial_q(p.shape, r, seed, index)
+
+
+def _big_side(M: torch.Tensor) -> torch.Tensor:
+    return M if M.size(0) >= M.size(1) else M.T
 
 
 def test_rank_rule() -> None:
@@ -45,21 +64,37 @@ def test_rank_rule() -> None:
 def test_full_rank_is_heavy_ball_with_column_normalised_direction(shape: tuple[int, int]) -> None:
     p = nn.Parameter(_rand(shape, 0))
     opt = Dion([p], lr=LR, momentum=MU, weight_decay=0.0, rank_fraction=1.0)
-    buf = torch.zeros(shape)
+    buf = torch.zeros(shape, dtype=torch.float64)  # float64 oracle
+    tol_M = 0.0
     for t in range(3):
         G = _rand(shape, 10 + t)
+        acc = buf + G.double()  # M + G before the feedback
+        # Error bounds of this fp32 step (dion_tol: QR chain × κ(B·Q) × column-norm ratio). With f = 1,
+        # span(B·Q) = span(B) for any invertible Q, so only M's error carries into the next step (normwise,
+        # ≤ √(m·n)·tol_M relative to ‖M + G‖₂).
+        carried = math.sqrt(acc.numel()) * tol_M / torch.linalg.matrix_norm(acc, ord=2).item()
+        direction, captured = dion_tol(_big_side(acc), _state_q(opt, p, 4), input_rel=carried, input_ops=1)
+        W_before = p.detach().clone()
         D = _update(opt, p, G)
-        # f = 1: P spans the whole column space of B, so the captured part is all of M: M ← μ·(M + G).
-        buf = MU * (buf + G)
-        torch.testing.assert_close(opt.state[p]["M"], buf, atol=1e-5, rtol=0)
+        tol_D = _readback_tol(W_before) + direction
+        # f = 1: P spans the whole column space of B, so the captured part is all of M: M ← μ·(M + G). Error: the
+        # earlier error (×μ), (1 − μ) × the captured part's, two roundings of M ← M + G − (1 − μ)·captured. Without
+        # error feedback (M ← M + G) or with the wrong decay M would be off by O(1).
+        buf = MU * acc
+        tol_M = MU * tol_M + (1 - MU) * captured + rounding_tol(F32, 3, magnitude=acc.abs().max())
+        torch.testing.assert_close(opt.state[p]["M"].double(), buf, atol=tol_M, rtol=0)
         # The update lives in M's column space (tall) / row space (wide) and has full rank k = 4 ...
-        acc = buf / MU  # M + G before the feedback
-        basis = torch.linalg.qr(acc if shape[0] >= shape[1] else acc.T).Q  # (8, 4)
-        big_side = D if shape[0] >= shape[1] else D.T  # (8, 4)
-        torch.testing.assert_close(basis @ (basis.T @ big_side), big_side, atol=1e-5, rtol=0)
-        assert torch.linalg.matrix_rank(D) == 4
-        # ... and is a sum of k rank-one terms p_i q_iᵀ with orthonormal p_i and unit q_i: ‖D‖_F² = r exactly.
-        torch.testing.assert_close(D.norm() ** 2, torch.tensor(4.0), atol=1e-4, rtol=0)
+        basis = torch.linalg.qr(_big_side(acc)).Q  # (8, 4), float64
+        big_side = _big_side(D)  # (8, 4)
+        # (I − basis·basisᵀ)·ΔD: each entry ≤ the 2-norm of ΔD's column, ≤ √8 · tol_D. A random (8, 4) direction
+        # would leave O(1) outside the 4-dim column space.
+        torch.testing.assert_close(basis @ (basis.T @ big_side), big_side, atol=math.sqrt(8) * tol_D, rtol=0)
+        # numerical rank: singular values of ΔD are ≤ ‖ΔD‖_F ≤ √32 · tol_D; D's own are O(1)
+        noise = math.sqrt(D.numel()) * tol_D
+        assert torch.linalg.matrix_rank(D, atol=noise, rtol=0) == 4
+        # ... and is a sum of k rank-one terms p_i q_iᵀ with orthonormal p_i and unit q_i: ‖D‖_F² = r exactly
+        # (‖D‖_F = 2: the square's error is ≤ 2·2·‖ΔD‖_F + ‖ΔD‖_F²). A missing column normalisation is O(1) off.
+        torch.testing.assert_close(D.norm() ** 2, torch.tensor(4.0).double(), atol=4 * noise + noise**2, rtol=0)
 
 
 def test_low_rank_update_and_residual_kept() -> None:
@@ -69,14 +104,25 @@ def test_low_rank_update_and_residual_kept() -> None:
     p = nn.Parameter(_rand(shape, 1))
     opt = Dion([p], lr=LR, momentum=MU, weight_decay=0.0, rank_fraction=f)
     G = _rand(shape, 2)
+    direction, captured = dion_tol(G, initial_q(shape, r, 0, 0))  # B = M = G (tall), float64 bound
+    tol_D = _readback_tol(p.detach()) + direction
     D = _update(opt, p, G)
-    assert torch.linalg.matrix_rank(D) == r
-    torch.testing.assert_close(D.norm() ** 2, torch.tensor(float(r)), atol=1e-4, rtol=0)
+    noise = math.sqrt(D.numel()) * tol_D  # ≥ ‖ΔD‖_F ≥ every singular value of the error
+    assert torch.linalg.matrix_rank(D, atol=noise, rtol=0) == r
+    assert torch.linalg.svdvals(D)[r - 1] > 100 * noise  # the r-th direction is real, not rounding
+    # ‖D‖_F² = r: error ≤ 2·√r·‖ΔD‖_F + ‖ΔD‖_F²; rank r − 1 or unnormalised columns would be off by O(1)
+    torch.testing.assert_close(
+        D.norm() ** 2, torch.tensor(float(r)).double(), atol=2 * math.sqrt(r) * noise + noise**2, rtol=0
+    )
     # Error feedback removes only (1 − μ) times a rank-r part: G − M_new has rank r, and the residual
     # (M_new − μ·G)/(1 − μ) = G − captured keeps most of a random G's energy (a rank-3 part of a 16x12 Gaussian
     # holds well under half of it), i.e. nothing the step missed is thrown away.
     M = opt.state[p]["M"]
-    assert torch.linalg.matrix_rank(G - M) == r
+    # G − M in fp32: M = G − (1 − μ)·captured has the captured part's error times (1 − μ) plus 3 roundings at |G|,
+    # and the subtraction one more; the error matrix's singular values are ≤ √(m·n) × that.
+    rank_noise = math.sqrt(G.numel()) * ((1 - MU) * captured + rounding_tol(F32, 4, magnitude=G.abs().max()))
+    assert torch.linalg.matrix_rank((G - M).double(), atol=rank_noise, rtol=0) == r
+    assert torch.linalg.svdvals((G - M).double())[r - 1] > 100 * rank_noise
     residual = (M - MU * G) / (1 - MU)
     assert residual.norm() > 0.5 * G.norm()
     assert opt.state[p]["Q"].shape == (12, r)
@@ -100,9 +146,16 @@ def test_error_feedback_two_steps_by_hand(shape: tuple[int, int]) -> None:
     Q = initial_q(shape, r, seed, index=0).double()  # (k, r)
     M = torch.zeros(shape, dtype=torch.float64)
     W = W0.double()
+    # Error bounds along the way (dion_tol per step, the earlier step's relative error carried in through M and Q;
+    # M and W add their own roundings: M ← M + G − (1 − μ)·captured, 3; the weight update, 5 at |W|).
+    tol_M = tol_W = carried = 0.0
     for G in (G1, G2):
         M = M + G.double()
         B = M if tall else M.T
+        direction, tol_captured = dion_tol(B, Q, input_rel=carried, input_ops=1)
+        carried = direction
+        tol_M += (1 - MU) * tol_captured + rounding_tol(F32, 3, magnitude=M.abs().max())
+        tol_W += rounding_tol(F32, 5, magnitude=W.abs().max()) + LR * math.sqrt(shape[0] / shape[1]) * direction
         P = torch.linalg.qr(B @ Q).Q  # (big, r)
         # Captured part = projection of B onto span(P); error feedback keeps the rest plus μ times the captured part.
         captured = P @ (P.T @ B)
@@ -111,9 +164,11 @@ def test_error_feedback_two_steps_by_hand(shape: tuple[int, int]) -> None:
         Q = R / (R.norm(dim=0, keepdim=True) + 1e-8)
         D = P @ Q.T if tall else Q @ P.T
         W = (1 - LR * WD) * W - LR * math.sqrt(shape[0] / shape[1]) * D
-    torch.testing.assert_close(opt.state[p]["M"].double(), M, atol=1e-5, rtol=0)
-    torch.testing.assert_close(opt.state[p]["Q"].double(), Q, atol=1e-5, rtol=0)
-    torch.testing.assert_close(p.detach().double(), W, atol=1e-6, rtol=0)
+    torch.testing.assert_close(opt.state[p]["M"].double(), M, atol=tol_M, rtol=0)
+    torch.testing.assert_close(opt.state[p]["Q"].double(), Q, atol=carried, rtol=0)
+    torch.testing.assert_close(p.detach().double(), W, atol=tol_W, rtol=0)
+    # Far below the effect: plain heavy-ball momentum (M ← μ·M + G, no error feedback) would differ by O(1) here.
+    assert (M - (MU * G1.double() + G2.double())).abs().max() > 100 * tol_M
 
 
 def test_zero_gradient_guard() -> None:
@@ -125,8 +180,10 @@ def test_zero_gradient_guard() -> None:
     assert torch.isfinite(p.detach()).all()
     assert torch.equal(p.detach(), W0 * (1 - LR * WD))  # only decayed
     assert torch.equal(opt.state[p]["M"], torch.zeros(6, 4))
-    Q0 = initial_q((6, 4), 2, 9, 0)
-    torch.testing.assert_close(opt.state[p]["Q"], Q0 / (Q0.norm(dim=0, keepdim=True) + 1e-8), atol=1e-7, rtol=0)
+    Q0 = initial_q((6, 4), 2, 9, 0).double()
+    # float64 oracle; fp32 column norm of k = 4 terms, + eps, division: 7 roundings on unit-norm columns
+    expected = Q0 / (Q0.norm(dim=0, keepdim=True) + 1e-8)
+    torch.testing.assert_close(opt.state[p]["Q"].double(), expected, atol=rounding_tol(F32, 7), rtol=0)
 
 
 def test_q_seeding_is_per_parameter_and_deterministic() -> None:
@@ -154,7 +211,15 @@ def test_wide_is_transpose_of_tall() -> None:
     wide = nn.Parameter(tall.detach().T.clone())
     opt_t = Dion([tall], lr=LR, weight_decay=0.0, rank_fraction=0.4)
     opt_w = Dion([wide], lr=LR, weight_decay=0.0, rank_fraction=0.4)
+    carried = 0.0
     for _ in range(2):
+        # Same algebra in exact arithmetic, different memory layouts for BLAS: each side within its bound
+        # (dion_tol on the tall side's B = M + G, earlier error carried; D read back from the weights) of the exact
+        # direction. A wrong orientation would be O(1) off.
+        B = (opt_t.state[tall]["M"].double() if "M" in opt_t.state[tall] else 0.0) + G.double()
+        direction, _ = dion_tol(B, _state_q(opt_t, tall, 2), input_rel=carried, input_ops=1)
+        carried = direction
+        tol = _readback_tol(tall.detach()) + _readback_tol(wide.detach()) + 2 * direction
         D_t = _update(opt_t, tall, G)
         D_w = _update(opt_w, wide, G.T.contiguous())
-        torch.testing.assert_close(D_w, D_t.T, atol=1e-5, rtol=0)
+        torch.testing.assert_close(D_w, D_t.T, atol=tol, rtol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -17,7 +18,9 @@ from specscale.optim import (
     Muon,
     NorMuon,
     build_optimizer,
+    complete_hparams,
     default_hparams,
+    orthogonalize,
     parse_optimizer_name,
     roles_from_names,
 )
@@ -156,6 +159,43 @@ def test_default_hparams_exact_and_json() -> None:
     # Fresh copies: mutating one result must not leak into the next.
     default_hparams("muon")["lion_betas"].append(1.0)
     assert default_hparams("muon")["lion_betas"] == [0.95, 0.98]
+
+
+def _signature_defaults(fn: object) -> dict[str, object]:
+    params = inspect.signature(fn).parameters.values()  # type: ignore[arg-type]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def test_class_defaults_are_the_run_spec_defaults() -> None:
+    """An optimizer built directly and one built by name from default_hparams run the same hyperparameters."""
+    muon, normuon, dion = default_hparams("muon"), default_hparams("normuon"), default_hparams("dion_1_1")
+    assert _signature_defaults(Muon) == {k: muon[k] for k in _signature_defaults(Muon)}
+    assert list(_signature_defaults(Muon)) == [k for k in muon if not k.endswith("_lr") and not k.startswith("lion_")]
+    assert _signature_defaults(NorMuon) == {k: normuon[k] for k in _signature_defaults(NorMuon)}
+    assert set(_signature_defaults(NorMuon)) == set(_signature_defaults(Muon)) | {"beta2", "eps"}
+    dion_args = {("q_seed" if k == "seed" else k): v for k, v in _signature_defaults(Dion).items()}
+    assert dion_args == {k: dion[k] for k in dion_args}
+    assert set(dion_args) == {"lr", "momentum", "weight_decay", "scale_rule", "rank_fraction", "eps", "q_seed"}
+    assert _signature_defaults(Lion) == {
+        "lr": muon["embed_lr"],
+        "betas": tuple(muon["lion_betas"]),
+        "weight_decay": muon["lion_weight_decay"],
+    }
+    ns = _signature_defaults(orthogonalize)
+    assert ns == {k: muon[f"ns_{k}"] for k in ("steps", "coeffs", "eps", "dtype")}
+
+
+def test_complete_hparams_overrides_defaults_in_order() -> None:
+    given = {"lr": 0.01, "lion_betas": [0.9, 0.99]}
+    hp = complete_hparams("muon", given)
+    assert hp == {**default_hparams("muon"), **given}
+    assert list(hp) == list(default_hparams("muon"))  # key order is the defaults' (the spec hash sees it)
+    assert given == {"lr": 0.01, "lion_betas": [0.9, 0.99]}  # the caller's dict is not modified
+    for name in ALL_NAMES:
+        assert complete_hparams(name, None) == complete_hparams(name, {}) == default_hparams(name)
+    assert complete_hparams("dion_1_16", {"rank_fraction": 0.0625})["rank_fraction"] == 0.0625
+    with pytest.raises(ValueError, match=r"unknown hyperparameter 'ns_steps' for optimizer 'dion_1_2'"):
+        complete_hparams("dion_1_2", {"ns_steps": 3})
 
 
 def test_hparam_errors() -> None:

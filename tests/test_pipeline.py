@@ -114,7 +114,7 @@ def test_corrupt_activation_chunk_is_detected_and_regenerated(project: Path) -> 
     import xarray as xr
 
     from specscale.cache import RunStore
-    from specscale.stages.activations import ensure_activations
+    from specscale.probe import ensure_activations
     from specscale.train import resolve_device
 
     key = sorted(_finished(project, "spectra"))[-1]

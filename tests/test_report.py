@@ -49,7 +49,7 @@ def make_results(root: Path) -> Path:
     """A project at root with runs/spectra/<key>/{ranks.csv, spectra.zarr} and results/*.csv; returns results/."""
     import xarray as xr
 
-    from specscale.stages import fit as fit_stage
+    from specscale import fit_study as fit_stage
 
     runs = []
     for arm in _arms():
@@ -104,7 +104,7 @@ def make_results(root: Path) -> Path:
     ranks = ranks.join(runs_df.set_index("run")[["label", "group_label", "optimizer", "width_mult", "ffn_dim",
                                                  "seed"]], on="run")
     ranks.to_csv(out / "ranks.csv", index=False)
-    betas = fit_stage.add_delta(fit_stage.fit_groups(ranks, layers, runs_df, 0))
+    betas = fit_stage.add_delta_column(fit_stage.fit_groups(ranks, layers, runs_df, 0))
     betas.to_csv(out / "betas.csv", index=False)
     fit_stage.fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
     (out / "extras.json").write_text(json.dumps(extras))
@@ -119,8 +119,8 @@ CONTEXT = {"preset": "synthetic", "reference_optimizer": "adamw",
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """Synthetic results → compare stage → report; returns the project root."""
+    from specscale.compare_outputs import write_compare
     from specscale.report import build_report
-    from specscale.stages.compare import write_compare
 
     root = tmp_path_factory.mktemp("proj")
     results = make_results(root)
@@ -151,15 +151,15 @@ def test_compare_files_on_synthetic_set(built: Path) -> None:
 
 
 def test_report_has_every_figure_offline(built: Path) -> None:
-    from specscale.report import FIGURES
+    from specscale.report_sections import FIGURES
 
     report = built / "report"
     html = (report / "index.html").read_text()
     assert not re.search(r"<script[^>]+src=[\"']?https?:", html, re.I), "a script is loaded from the network"
     assert not re.search(r"<link[^>]+href=[\"']?https?:", html, re.I)
-    for name, title in FIGURES.items():
+    for name, fig in FIGURES.items():
         assert (report / "figures" / f"{name}.png").stat().st_size > 1000, name
-        assert title in html, title
+        assert fig.title in html, fig.title
     summary = (report / "summary.md").read_text()
     assert "synthetic" in summary and "| HEAD |" in summary
     assert "Probe set" in html  # the choices where the paper is silent
@@ -169,8 +169,8 @@ def test_report_says_what_is_missing(built: Path, tmp_path: Path) -> None:
     """One optimizer, no ablation, no seeds file, no spectra: every section still renders or says why not."""
     import shutil
 
+    from specscale.compare_outputs import write_compare
     from specscale.report import build_report
-    from specscale.stages.compare import write_compare
 
     results = tmp_path / "results"
     shutil.copytree(built / "results", results, ignore=shutil.ignore_patterns("compare*"))

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from smoke_project import finished, listing, make_project, provenance, run, smoke_params, write_params
 from specscale.launch import RunTask, make_executor
 from specscale.spec import LauncherSpec, SpecError
+from specscale.stages.table import BY_NAME
 
 LAUNCHER = {"cluster": "slurm", "partition": "debug", "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10,
             "poll_seconds": 1, "array_parallelism": 4}
@@ -73,9 +74,10 @@ def test_launcher_settings_reach_sbatch(tmp_path: Path, monkeypatch: pytest.Monk
 def test_run_task_checkpoints_as_the_same_call() -> None:
     """On preemption or time limit, submitit pickles what checkpoint() returns and requeues it."""
     task = pickle.loads(pickle.dumps(RunTask()))
-    delayed = task.checkpoint("train", "abc", "/project")
+    entry = BY_NAME["train"].entry
+    delayed = pickle.loads(pickle.dumps(task.checkpoint(entry, "train", "abc", "/project")))
     assert isinstance(delayed.function, RunTask)
-    assert delayed.args == ("train", "abc", "/project") and not delayed.kwargs
+    assert delayed.args == (entry, "train", "abc", "/project") and not delayed.kwargs
 
 
 # -- against a running SLURM ----------------------------------------------------------------------------------------

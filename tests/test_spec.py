@@ -215,7 +215,7 @@ def test_launcher_spec_is_structured() -> None:
 
 
 def _cli(cwd: Path, *args: str, entry: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [entry] if entry else [sys.executable, "-m", "specscale.cli"]
+    cmd = [entry] if entry else [sys.executable, "-m", "specscale.stages.cli"]
     return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
                           env={**__import__("os").environ, "SPECSCALE_ROOT": str(cwd)})
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, make_project
-from specscale.plan import make_plan
+from specscale.stages.runner import plan_study
+from specscale.cache import stable_hash
 from specscale.spec import load_study
 from specscale.sweep import expand_sweep
 
@@ -30,7 +31,7 @@ def _runs(tmp_path: Path, text: str):
 
 def _plan(tmp_path: Path, text: str):
     study, params = _study(tmp_path, text)
-    return make_plan(study, params)
+    return plan_study(study, params)
 
 
 # --- counts and dedup ----------------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def test_project_params_yaml_expands(tmp_path: Path) -> None:
     runs = expand_sweep(study, params)
     n_main = len(study.sweep.optimizers) * len(study.sweep.widths) * len(study.sweep.seeds)
     assert len(runs) > n_main and sum("main" in r.arms for r in runs) == n_main
-    plan = make_plan(study, params)
+    plan = plan_study(study, params)
     assert len(plan.keys("train")) == len(plan.train) == len(runs)
 
 
@@ -278,3 +279,19 @@ def test_group_spec_is_equal_across_widths_only(tmp_path: Path) -> None:
         distinct.append(specs[0])
     assert all(distinct[i] != distinct[j] for i in range(len(distinct)) for j in range(i))
     assert all("ffn_mult" in r.spec["model"] for r in runs)  # group_spec does not mutate the run spec
+
+
+def test_steps_multiplier_is_relative_to_the_base_and_not_hashed(tmp_path: Path) -> None:
+    """An arm 'twice the steps' follows train.steps, and is the same run as an arm naming the absolute value."""
+    relative = STUDY.replace("{vary: {train.steps: [1000]}", "{vary: {train.steps_multiplier: [2]}")
+    for steps in (400, 700):
+        runs = _runs(tmp_path / str(steps), relative.replace("preset: tiny\n", f"preset: tiny\ntrain: {{steps: {steps}}}\n"))
+        doubled = [r for r in runs if r.arms == ["adamw_2x"]]
+        assert {r.spec["train"]["steps"] for r in doubled} == {2 * steps}
+        assert all("steps_multiplier" not in r.spec["train"] for r in runs)  # resolved, never part of a key
+        # labelled by what it resolved to: the matched-loss family and the paper's 'steps=12000' read the same
+        assert doubled[0].varied == {"train.steps": 2 * steps} and doubled[0].group_label == f"adamw steps={2 * steps}"
+    absolute = _runs(tmp_path / "abs", STUDY.replace("[1000]", "[800]"))
+    relative_400 = _runs(tmp_path / "rel", relative)
+    assert ({stable_hash(r.spec) for r in absolute if r.arms == ["adamw_2x"]}
+            == {stable_hash(r.spec) for r in relative_400 if r.arms == ["adamw_2x"]})

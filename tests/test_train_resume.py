@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import make_project, write_tokens_dir
-from specscale.plan import make_plan
+from specscale.stages.runner import plan_study
 from specscale.spec import load_study
 from specscale.train import (
     RESUME_FILE,
@@ -68,7 +68,7 @@ def _restore_threads():
 
 def _spec(root: Path, optimizer: str = "muon", extra: str = "") -> dict:
     params = make_project(root, PARAMS.replace("OPT", optimizer) + extra)
-    plan = make_plan(load_study(params), params)
+    plan = plan_study(load_study(params), params)
     assert len(plan.train) == 1
     return plan.train[0].spec
 
@@ -269,6 +269,7 @@ def test_vocab_is_padded() -> None:
 def test_train_stage_commits_without_resume_state(setup, tmp_path: Path) -> None:
     from specscale.cache import PROVENANCE_FILE, RunStore, read_json
     from specscale.launch import run_task
+    from specscale.stages.table import BY_NAME
 
     spec = dict(setup["spec"])
     spec["runtime"] = {"threads": 1, "resume_every": 10}
@@ -280,7 +281,7 @@ def test_train_stage_commits_without_resume_state(setup, tmp_path: Path) -> None
     (tok / "_SUCCESS").write_text("")
     key = "trainkey"
     store.begin("train", key, spec)
-    run_task("train", key, str(tmp_path))
+    run_task(BY_NAME["train"].entry, "train", key, str(tmp_path))
     final = store.final_dir("train", key)
     assert store.is_done("train", key) and not (final / RESUME_FILE).exists()
     assert sorted(p.name for p in (final / "ckpt").iterdir()) == ["step_000000.pt", "step_000030.pt",

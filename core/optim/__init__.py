@@ -2,14 +2,8 @@
 
 from .combined import CombinedOptimizer
 from .dion import Dion, dion_rank, initial_q
-from .factory import (
-    ROLES,
-    build_optimizer,
-    default_hparams,
-    parse_optimizer_name,
-    resolve_hparams,
-    roles_from_names,
-)
+from .defaults import default_hparams, parse_optimizer_name
+from .factory import ROLES, build_optimizer, complete_hparams, roles_from_names
 from .lion import Lion
 from .matrix_base import SCALE_RULES, MatrixOptimizer, shape_scale
 from .muon import Muon
@@ -29,12 +23,12 @@ __all__ = [
     "SCALE_RULES",
     "build_optimizer",
     "coefficient_schedule",
+    "complete_hparams",
     "default_hparams",
     "dion_rank",
     "initial_q",
     "orthogonalize",
     "parse_optimizer_name",
-    "resolve_hparams",
     "roles_from_names",
     "shape_scale",
 ]

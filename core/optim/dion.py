@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .defaults import DION
 from .matrix_base import MatrixOptimizer
 
 # Subtracted from f·k before the ceiling to absorb float error: 0.1·30 = 3.0000000000000004 must give r = 3, not 4.
@@ -57,18 +58,19 @@ def initial_q(shape: tuple[int, ...] | torch.Size, rank: int, seed: int, index: 
 
 
 class Dion(MatrixOptimizer):
-    """Dion with rank fraction f in (0, 1]; same lr scale rule and decoupled weight decay as Muon."""
+    """Dion with rank fraction f in (0, 1]; same lr scale rule and decoupled weight decay as Muon.
+    Defaults: `defaults.DION` (docs/science.md §4), where `seed` is the hyperparameter "q_seed"."""
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        weight_decay: float = 0.01,
-        rank_fraction: float = 1.0,
-        scale_rule: str = "spectral",
-        eps: float = 1e-8,
-        seed: int = 0,
+        lr: float = DION["lr"],
+        momentum: float = DION["momentum"],
+        weight_decay: float = DION["weight_decay"],
+        rank_fraction: float = DION["rank_fraction"],
+        scale_rule: str = DION["scale_rule"],
+        eps: float = DION["eps"],
+        seed: int = DION["q_seed"],
     ) -> None:
         check_rank_fraction(rank_fraction)
         if not eps > 0.0:

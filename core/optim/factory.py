@@ -6,14 +6,15 @@ Roles (from the parameter names, never from shapes — the embedding and the hea
   "head":   head.*                                           → AdamW, or Lion (lr scaled by 1/√d_model)
   "other":  anything else (1-D gains, ...)                   → AdamW, or Lion
 
-Names: "adamw", "muon", "normuon", "dion_<a>_<b>" (rank fraction f = a/b in (0, 1], e.g. dion_1_16).
+Names: "adamw", "muon", "normuon", "dion_<a>_<b>" (rank fraction f = a/b in (0, 1], e.g. dion_1_16). The names and
+every default hyperparameter are owned by `defaults` (docs/science.md §4); `parse_optimizer_name`, `default_hparams`
+and `VALID_NAME_FORMS` are re-exported here.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,90 +22,31 @@ import torch
 from torch import nn
 
 from .combined import CombinedOptimizer
+from .defaults import VALID_NAME_FORMS, default_hparams, parse_optimizer_name
 from .dion import Dion
 from .lion import Lion
 from .muon import Muon
 from .normuon import NorMuon
 
 ROLES: tuple[str, ...] = ("matrix", "embed", "head", "other")
-VALID_NAME_FORMS = (
-    "'adamw', 'muon', 'normuon', or 'dion_<a>_<b>' with integers 1 <= a <= b "
-    "(rank fraction a/b, e.g. 'dion_1_2', 'dion_1_16')"
-)
-_DION_NAME = re.compile(r"dion_([1-9][0-9]*)_([1-9][0-9]*)")
 
-# science.md §4, every hyperparameter explicit (they go into the run spec and its hash).
-_ADAMW_DEFAULTS: dict[str, Any] = {
-    "lr": 3e-3,
-    "betas": [0.9, 0.95],
-    "eps": 1e-8,
-    "weight_decay": 0.01,
-    "embed_lr": 3e-3,
-    "embed_weight_decay": 0.0,
-    "head_lr": 3e-3,  # not scaled by d_model under AdamW
-    "head_weight_decay": 0.0,
-    "other_lr": 3e-3,
-    "other_weight_decay": 0.0,
-}
-# The scalar (Lion) side shared by Muon, NorMuon and Dion. head_lr None means embed_lr / √d_model, computed at build.
-_LION_DEFAULTS: dict[str, Any] = {
-    "lion_betas": [0.95, 0.98],
-    "lion_weight_decay": 0.0,
-    "embed_lr": 0.02,
-    "head_lr": None,
-    "other_lr": 0.02,
-}
-_MUON_DEFAULTS: dict[str, Any] = {
-    "lr": 0.02,
-    "momentum": 0.95,
-    "nesterov": True,
-    "weight_decay": 0.01,
-    "scale_rule": "spectral",
-    "ns_steps": 5,
-    "ns_coeffs": "paper",
-    "ns_dtype": "float32",
-    "ns_eps": 1e-8,
-    **_LION_DEFAULTS,
-}
-_NORMUON_DEFAULTS: dict[str, Any] = {**_MUON_DEFAULTS, "beta2": 0.95, "eps": 1e-8}
-# Dion has no Newton–Schulz and no Nesterov step, so those keys are absent (a key that changes nothing must not
-# change the run's hash either). q_seed seeds each parameter's starting Q.
-_DION_DEFAULTS: dict[str, Any] = {
-    "lr": 0.02,
-    "momentum": 0.95,
-    "weight_decay": 0.01,
-    "scale_rule": "spectral",
-    "rank_fraction": 1.0,  # replaced by the fraction in the name
-    "eps": 1e-8,
-    "q_seed": 0,
-    **_LION_DEFAULTS,
-}
+__all__ = [
+    "ROLES",
+    "VALID_NAME_FORMS",
+    "build_optimizer",
+    "complete_hparams",
+    "default_hparams",
+    "parse_optimizer_name",
+    "roles_from_names",
+]
 
 
-def parse_optimizer_name(name: str) -> tuple[str, float | None]:
-    """("adamw" | "muon" | "normuon", None) or ("dion", a/b) for "dion_<a>_<b>"."""
-    if name in ("adamw", "muon", "normuon"):
-        return name, None
-    match = _DION_NAME.fullmatch(name) if isinstance(name, str) else None
-    if match:
-        a, b = int(match.group(1)), int(match.group(2))
-        if a <= b:
-            return "dion", a / b
-    raise ValueError(f"unknown optimizer name {name!r}; valid forms: {VALID_NAME_FORMS}")
+def complete_hparams(name: str, hparams: dict[str, Any] | None) -> dict[str, Any]:
+    """Every hyperparameter of `name`: its defaults (`default_hparams`, key order kept) overridden by `hparams`.
 
-
-def default_hparams(name: str) -> dict[str, Any]:
-    """A fresh, JSON-serialisable dict of every hyperparameter of the named optimizer (science.md §4)."""
-    base, fraction = parse_optimizer_name(name)
-    table = {"adamw": _ADAMW_DEFAULTS, "muon": _MUON_DEFAULTS, "normuon": _NORMUON_DEFAULTS, "dion": _DION_DEFAULTS}
-    hp = {k: (list(v) if isinstance(v, list) else v) for k, v in table[base].items()}
-    if fraction is not None:
-        hp["rank_fraction"] = fraction
-    return hp
-
-
-def resolve_hparams(name: str, hparams: dict[str, Any] | None) -> dict[str, Any]:
-    """Defaults overridden by `hparams`; unknown keys fail, naming the key, the closest valid one and all valid."""
+    Unknown keys fail, naming the key, the closest valid one and all valid; so does a Dion rank_fraction that
+    contradicts the name.
+    """
     resolved = default_hparams(name)
     for key in hparams or {}:
         if key not in resolved:
@@ -168,7 +110,7 @@ def build_optimizer(
     """One CombinedOptimizer: the matrix optimizer over role "matrix", the scalar optimizer over the rest."""
     _check_roles(params_by_role)
     base, _ = parse_optimizer_name(name)
-    hp = resolve_hparams(name, hparams)
+    hp = complete_hparams(name, hparams)
     inner: dict[str, torch.optim.Optimizer] = {}
 
     if base == "adamw":

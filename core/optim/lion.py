@@ -15,16 +15,18 @@ from typing import Any
 
 import torch
 
+from .defaults import LION
+
 
 class Lion(torch.optim.Optimizer):
-    """Lion with decoupled weight decay (betas (0.95, 0.98) and wd 0 are the paper's settings)."""
+    """Lion with decoupled weight decay; defaults are the paper's settings, `defaults.LION` (docs/science.md §4)."""
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.02,
-        betas: tuple[float, float] = (0.95, 0.98),
-        weight_decay: float = 0.0,
+        lr: float = LION["lr"],
+        betas: tuple[float, float] = LION["betas"],
+        weight_decay: float = LION["weight_decay"],
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"lr must be >= 0, got {lr}")

@@ -5,7 +5,7 @@ own state; this base class applies it the same way for all of them:
 
     W ← (1 − lr·wd)·W − lr·scale(m, n)·O
 
-with wd decoupled and multiplied by the *unscaled* lr (optimizers.md), and W of `nn.Linear` laid out as
+with wd decoupled and multiplied by the *unscaled* lr (docs/science.md §4), and W of `nn.Linear` laid out as
 (m, n) = (fan_out, fan_in).
 """
 

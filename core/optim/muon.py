@@ -19,26 +19,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .defaults import MUON
 from .matrix_base import MatrixOptimizer
 from .newton_schulz import Coeffs, coefficient_schedule, orthogonalize, resolve_dtype
 
 
 class Muon(MatrixOptimizer):
     """Muon for 2-D block matrices. `ns_dtype` is a torch dtype or its name; it is kept as a name in the param
-    groups so that `state_dict()` stays plain data."""
+    groups so that `state_dict()` stays plain data. Defaults: `defaults.MUON` (docs/science.md §4)."""
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.01,
-        scale_rule: str = "spectral",
-        ns_steps: int = 5,
-        ns_coeffs: str | Sequence[Coeffs] = "paper",
-        ns_dtype: torch.dtype | str = "float32",
-        ns_eps: float = 1e-8,
+        lr: float = MUON["lr"],
+        momentum: float = MUON["momentum"],
+        nesterov: bool = MUON["nesterov"],
+        weight_decay: float = MUON["weight_decay"],
+        scale_rule: str = MUON["scale_rule"],
+        ns_steps: int = MUON["ns_steps"],
+        ns_coeffs: str | Sequence[Coeffs] = MUON["ns_coeffs"],
+        ns_dtype: torch.dtype | str = MUON["ns_dtype"],
+        ns_eps: float = MUON["ns_eps"],
     ) -> None:
         coefficient_schedule(ns_coeffs, ns_steps)  # validates steps and coefficients now, not at the first step
         dtype_name = str(resolve_dtype(ns_dtype)).removeprefix("torch.")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .defaults import NEWTON_SCHULZ
+
 Coeffs = tuple[float, float, float]
 
 # Per-iteration (a, b, c) triples used by the paper's code, one per step. Composing the five scalar polynomials
@@ -76,16 +78,16 @@ def coefficient_schedule(coeffs: str | Sequence[Coeffs], steps: int) -> list[Coe
 
 def orthogonalize(
     U: Tensor,
-    steps: int = 5,
-    coeffs: str | Sequence[Coeffs] = "paper",
-    eps: float = 1e-8,
-    dtype: torch.dtype | str = torch.float32,
+    steps: int = NEWTON_SCHULZ["ns_steps"],
+    coeffs: str | Sequence[Coeffs] = NEWTON_SCHULZ["ns_coeffs"],
+    eps: float = NEWTON_SCHULZ["ns_eps"],
+    dtype: torch.dtype | str = NEWTON_SCHULZ["ns_dtype"],
 ) -> Tensor:
     """Approximate polar factor of the 2-D matrix U (m×n) by quintic Newton–Schulz.
 
-    Computation runs in `dtype` (fp32 by default: bf16 matmuls are ~15× slower on CPU; bf16 is the usual GPU choice);
-    the result is returned in U's dtype, shape (m, n). U itself is never modified. A zero U gives a zero result
-    (0 / (0 + eps) = 0), never NaN.
+    Defaults: Muon's, `defaults.NEWTON_SCHULZ` (docs/science.md §4). Computation runs in `dtype` (fp32 by default:
+    bf16 matmuls are ~15× slower on CPU; bf16 is the usual GPU choice); the result is returned in U's dtype, shape
+    (m, n). U itself is never modified. A zero U gives a zero result (0 / (0 + eps) = 0), never NaN.
     """
     if U.ndim != 2:
         raise ValueError(f"orthogonalize expects a 2-D matrix, got shape {tuple(U.shape)}")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .defaults import NORMUON
 from .muon import Muon
 from .newton_schulz import Coeffs
 
@@ -28,22 +29,23 @@ _NORM_FLOOR = 1e-8
 
 
 class NorMuon(Muon):
-    """Muon whose direction is row-normalised by an EMA of its row second moments (β₂, eps)."""
+    """Muon whose direction is row-normalised by an EMA of its row second moments (β₂, eps).
+    Defaults: `defaults.NORMUON` (docs/science.md §4)."""
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.01,
-        scale_rule: str = "spectral",
-        ns_steps: int = 5,
-        ns_coeffs: str | Sequence[Coeffs] = "paper",
-        ns_dtype: torch.dtype | str = "float32",
-        ns_eps: float = 1e-8,
-        beta2: float = 0.95,
-        eps: float = 1e-8,
+        lr: float = NORMUON["lr"],
+        momentum: float = NORMUON["momentum"],
+        nesterov: bool = NORMUON["nesterov"],
+        weight_decay: float = NORMUON["weight_decay"],
+        scale_rule: str = NORMUON["scale_rule"],
+        ns_steps: int = NORMUON["ns_steps"],
+        ns_coeffs: str | Sequence[Coeffs] = NORMUON["ns_coeffs"],
+        ns_dtype: torch.dtype | str = NORMUON["ns_dtype"],
+        ns_eps: float = NORMUON["ns_eps"],
+        beta2: float = NORMUON["beta2"],
+        eps: float = NORMUON["eps"],
     ) -> None:
         super().__init__(
             params,

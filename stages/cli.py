@@ -1,59 +1,43 @@
-"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate and fit-points."""
+"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate and fit-points.
+
+It sits above the library (specscale.*) and the stage scripts: the stages come from the stage table."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import sys
 from pathlib import Path
 
+from specscale.fit import fit_points_cli
+from specscale.plan import StudyPlan
 from specscale.spec import SpecError
-
-SINGLE_STAGES = ("tokenize", "buckets")
-FAN_OUT = ("train", "activations", "spectra")
-AGGREGATE = ("fit", "compare", "report")
+from specscale.stages.runner import load_plan, run_stage
+from specscale.stages.table import BY_NAME, STAGES
+from specscale.status import print_plan, print_status
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from specscale.stages.common import load_plan, run_fan_out, run_in_process
-
     plan, store = load_plan(args.params)
-    name = args.name
-    if name in SINGLE_STAGES:
-        return run_in_process(name, plan, store).exit_code
-    if name in FAN_OUT:
-        module = importlib.import_module(f"specscale.stages.{name}")
-        prepare = getattr(module, "prepare", None)  # optional: restrict to runs whose inputs can be measured
-        only = prepare(plan, store) if prepare else None
-        return run_fan_out(name, plan, store, only).exit_code
-    return importlib.import_module(f"specscale.stages.{name}").main(plan, store)
+    return run_stage(BY_NAME[args.name], plan, store)
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from specscale.planning import print_plan
-    from specscale.stages.common import load_plan
-
     plan, store = load_plan(args.params)
     print_plan(plan, store, gpu_tflops=args.gpu_tflops, mfu=args.mfu)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from specscale.planning import print_status
-    from specscale.stages.common import load_plan
-
     plan, store = load_plan(args.params)
     print_status(plan, store)
     return 0
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from specscale.stages.common import load_plan
-
     plan, store = load_plan(args.params)
     doomed: list[Path] = []
-    for stage in ("tokenize", "buckets", *FAN_OUT):
+    for stage in StudyPlan.run_stages():
         wanted = plan.keys(stage)
         for base in (store.stage_dir(stage), store.root / ".work" / stage):
             if base.is_dir():
@@ -72,16 +56,12 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from specscale.stages.common import load_plan
-
     plan, _ = load_plan(args.params)
     print(f"ok: preset {plan.study.preset}, {len(plan.train)} training runs")
     return 0
 
 
 def _fit_points(args: argparse.Namespace) -> int:
-    from specscale.fit import fit_points_cli
-
     return fit_points_cli(args.file, args.out)
 
 
@@ -90,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
-    p.add_argument("name", choices=SINGLE_STAGES + FAN_OUT + AGGREGATE)
+    p.add_argument("name", choices=[s.name for s in STAGES])
     p.set_defaults(func=_stage)
     p = sub.add_parser("plan", help="list every run with FLOPs, GPU-hours and bytes to store")
     p.add_argument("--gpu-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100: 989)")

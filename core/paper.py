@@ -1,4 +1,5 @@
-"""Our numbers beside the published ones (science.md §8, in data/paper_published.csv).
+"""The paper's published numbers (docs/science.md §8, in data/paper_published.csv) and ours beside them: the
+compare stage writes the side-by-side table (results/compare/paper_side_by_side.csv), the report shows it.
 
 Both sides are keyed by (kind, optimizer, setting, bucket, metric, width): `setting` is the canonical text of what
 an ablation arm varied plus its own optimizer overrides (compare.setting_of), e.g. '' for the main sweep,
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from specscale.compare import ArchComparison, headline, is_diverged, with_groups
+from specscale.compare import DIVERGED_PPL, ArchComparison, headline, is_diverged, with_groups
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PAPER_FILE = DATA_DIR / "paper_published.csv"
@@ -30,9 +31,10 @@ def load_published(path: Path = PAPER_FILE) -> pd.DataFrame:
     return df
 
 
-def our_cells(betas: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame,
-              arch: ArchComparison | None = None) -> pd.DataFrame:
-    """Our cells in the published file's shape. Several seeds: the mean over seeds (diverged if any seed is)."""
+def our_cells(betas: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame, arch: ArchComparison | None = None,
+              threshold: float = DIVERGED_PPL) -> pd.DataFrame:
+    """Our cells in the published file's shape. Several seeds: the mean over seeds (diverged if any seed is, by the
+    study's perplexity threshold)."""
     cols = ["optimizer", "setting", "varied_d"]
     rows: list[dict] = []
     sel = with_groups(headline(betas), groups, cols)
@@ -48,7 +50,7 @@ def our_cells(betas: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame,
         kind = "postln_ppl" if "model.postln_fraction" in r.varied_d else "val_ppl"
         rows.append({"kind": kind, "optimizer": r.optimizer, "setting": r.setting, "bucket": "", "metric": "val_ppl",
                      "width_mult": float(r.width_mult), "ours": r.val_ppl,
-                     "ours_diverged": is_diverged(r.val_ppl, r.diverged)})
+                     "ours_diverged": is_diverged(r.val_ppl, r.diverged, threshold)})
     if arch is not None and not arch.table.empty:
         counted = arch.table[arch.table["counted"] & (arch.table["status"] != "missing")]
         for ablation, part in counted.groupby("ablation"):
@@ -90,8 +92,3 @@ def side_by_side(published: pd.DataFrame, ours: pd.DataFrame, preset: str) -> tu
                 f"only and the differences are not reproduction gaps")
     return table, note
 
-
-def display_value(value: float, diverged: bool, digits: int = 2) -> str:
-    if diverged:
-        return "×"
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"

@@ -1,4 +1,4 @@
-"""The data behind the report's figures, as plain long tables.
+"""The data behind the figures, as plain long tables (no drawing here: plots.py draws them).
 
 Shared by the report (altair) and by the compare stage, which writes the same tables as JSON for `dvc plots`
 (DVC renders its own Vega-Lite v5 templates from them), so both views always show the same numbers.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from specscale.compare import FIT_METRICS
+from specscale.fit import FIT_METRICS
 
 METRIC_NAMES = {"soft_rank": "soft", "hard_rank": "hard"}
 
@@ -82,12 +82,3 @@ def delta_data(betas: pd.DataFrame, groups: pd.DataFrame, site: str = "post") ->
                           "phase": "trained" if r.phase == "trained" else "step 0", "delta": r.delta_soft_hard}
                          for r in sel.itertuples()], columns=["display", "bucket", "phase", "delta"])
 
-
-def tokens_per_bucket(ranks: pd.DataFrame) -> pd.DataFrame:
-    """N per bucket (the probe set is identical across runs, so min = max unless a run differs) and D range."""
-    if ranks.empty:
-        return pd.DataFrame()
-    g = ranks.groupby("bucket").agg(N_min=("N", "min"), N_max=("N", "max"), D_min=("D", "min"), D_max=("D", "max"),
-                                    min_N_over_D=("N_over_D", "min")).reset_index()
-    order = {b: i for i, b in enumerate(("HEAD", "MID", "TAIL", "GLOBAL"))}
-    return g.sort_values("bucket", key=lambda s: s.map(lambda b: order.get(b, 9))).reset_index(drop=True)

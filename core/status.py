@@ -1,4 +1,5 @@
-"""`specscale plan` and `specscale status`: what the study will compute, what it costs, and where each run stands."""
+"""What `specscale plan` and `specscale status` print: what the study will compute, what it costs, and where each run
+stands (cached, queued, running, failed, partial). The runs and their keys themselves come from plan.py."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 from specscale.cache import RunStore, read_json
 from specscale.model import flops_per_token
-from specscale.plan import FAN_OUT_STAGES, PlannedRun, StudyPlan
-from specscale.stages.tokenize import GPT2_VOCAB
+from specscale.launch import _Attached
+from specscale.plan import PlannedRun, StudyPlan
+from specscale.shards import GPT2_VOCAB
 from specscale.train import kept_checkpoints, model_shape
 
 
@@ -76,7 +78,7 @@ def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu:
     print(f"  activations  zarr, transient             {_bytes(totals['activation_bytes'])} "
           f"(kept afterwards: {keep}; peak on one node is one run's share)")
     print(f"  spectra      eigenvalues (float64)       {_bytes(totals['spectra_bytes'])}")
-    for stage in ("tokenize", "buckets", *FAN_OUT_STAGES):
+    for stage in plan.run_stages():
         runs = plan.stage_runs(stage)
         done = sum(store.is_done(stage, r.key) for r in runs)
         print(f"  {stage:<12} {done}/{len(runs)} cached")
@@ -88,8 +90,6 @@ def run_state(store: RunStore, stage: str, key: str, records: dict[str, Any]) ->
         return "cached", ""
     record = records.get(key)
     if record:
-        from specscale.launch import _Attached
-
         job = _Attached(record)
         phase = job.phase()  # a SLURM job waiting for resources (or requeued after preemption) is `queued`
         if phase != "ended":
@@ -104,7 +104,7 @@ def run_state(store: RunStore, stage: str, key: str, records: dict[str, Any]) ->
 
 
 def print_status(plan: StudyPlan, store: RunStore) -> None:
-    for stage in ("tokenize", "buckets", *FAN_OUT_STAGES):
+    for stage in plan.run_stages():
         jobs = store.root / ".jobs" / f"{stage}.json"
         records = read_json(jobs) if jobs.exists() else {}
         runs = plan.stage_runs(stage)
@@ -114,3 +114,4 @@ def print_status(plan: StudyPlan, store: RunStore) -> None:
         for run, state, detail in states:
             if state != "cached":
                 print(f"  {state:<8} {run.label:<34} {run.key} {detail}")
+

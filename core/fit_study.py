@@ -1,0 +1,201 @@
+"""The fit stage's computation: ranks per run and scaling-law fits rank ∝ D^β per group of runs that differ only in
+width, for a whole study (docs/science.md §6), built on the primitives of specscale.fit.
+
+Per run, bucket, site and metric: median over the last K logged checkpoints per layer, then the median over layers
+with ±1 SD (ddof 1) of the layer medians. The same at step 0 — the untrained network — is the baseline of every β.
+Outputs (results/):
+  runs.csv            one row per training run: labels, validation loss/perplexity, diverged
+  ranks.csv           per run × phase (trained | step0) × bucket × site × metric: median, sd, n_layers, N, D, N/D
+  betas.csv           per group × phase × bucket × site × metric: β, 95% OLS t-interval, R², n, bootstrap interval
+  betas_per_layer.csv the same fit on each layer's medians (does the layer median hide disagreement?)
+  betas_seeds.csv     across seeds: mean β and a t-interval over seeds (only when the sweep has ≥ 2 seeds)
+  betas.json          headline β (post site) for `dvc metrics`; perplexity.json likewise
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from specscale.cache import RunStore, stable_hash
+from specscale.fit import (FIT_METRICS, aggregate_checkpoints_and_layers, bootstrap_beta, fit_points,
+                           seed_mean_interval, soft_minus_hard)
+from specscale.plan import StudyPlan
+from specscale.spectra import MIN_N_OVER_D
+
+GROUP_KEYS = ["group", "phase", "bucket", "site", "metric"]  # one β per combination
+BETA_COLUMNS = [*GROUP_KEYS, "beta", "ci95_low", "ci95_high", "r2", "n_widths", "fitted", "reason", "intercept", "se",
+                "boot_low", "boot_high", "min_N_over_D"]
+
+
+def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
+    """One row per finished training run: labels, group hashes, validation result, whether it was measured."""
+    rows = []
+    for train, spectra in zip(plan.train, plan.spectra):
+        if not store.is_done("train", train.key):
+            continue
+        result = json.loads((store.final_dir("train", train.key) / "result.json").read_text())
+        point = train.point
+        no_seed = point.group_spec()
+        no_seed.pop("seed")
+        rows.append({
+            "run": train.key, "spectra_key": spectra.key, "label": point.label, "arms": ",".join(point.arms),
+            "group": stable_hash(point.group_spec()), "seed_group": stable_hash(no_seed),
+            "group_label": point.group_label, "optimizer": point.optimizer, "width_mult": point.width,
+            "ffn_dim": result["ffn_dim"], "seed": point.seed, "steps": train.spec["train"]["steps"],
+            "varied": json.dumps(point.varied, sort_keys=True),
+            "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "diverged": result["diverged"],
+            "measured": store.is_done("spectra", spectra.key),
+        })
+    return pd.DataFrame(rows)
+
+
+def long_ranks(runs: pd.DataFrame, store: RunStore) -> pd.DataFrame:
+    """Every measured run's ranks.csv in long form: one row per (run, step, layer, site, bucket, metric)."""
+    parts = []
+    for run in runs[runs["measured"]].itertuples():
+        df = pd.read_csv(store.final_dir("spectra", run.spectra_key) / "ranks.csv")
+        df["run"] = run.run
+        parts.append(df)
+    if not parts:
+        return pd.DataFrame()
+    ranks = pd.concat(parts, ignore_index=True)
+    metric_cols = [c for c in ranks.columns if c.endswith("_rank") or c.startswith("renyi_") or c == "entropy"]
+    return ranks.melt(id_vars=["run", "step", "layer", "site", "bucket", "N", "D", "N_over_D"],
+                      value_vars=metric_cols, var_name="metric", value_name="value")
+
+
+def aggregate(long: pd.DataFrame, last_k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-run medians, per-layer medians) for both phases: trained (last K logged steps > 0) and step0."""
+    keys = ("run", "bucket", "site", "metric")
+    per_run, per_layer = [], []
+    for phase, part, k in (("trained", long[long["step"] > 0], last_k), ("step0", long[long["step"] == 0], 1)):
+        if part.empty:
+            continue
+        agg = aggregate_checkpoints_and_layers(part, last_k=k, group_cols=keys)
+        meta = part.groupby(list(keys))[["N", "D", "N_over_D"]].min().reset_index()
+        per_run.append(agg.per_run.merge(meta, on=list(keys)).assign(phase=phase))
+        per_layer.append(agg.per_layer.assign(phase=phase))
+    return pd.concat(per_run, ignore_index=True), pd.concat(per_layer, ignore_index=True)
+
+
+def fit_groups(ranks: pd.DataFrame, layers: pd.DataFrame, runs: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    """β per group × phase × bucket × site × metric (soft, hard and every Rényi rank) with the OLS interval, and the
+    layer-bootstrap interval for soft and hard rank; labels of each group joined on."""
+    info = runs.set_index("run")
+    ranks = ranks.join(info[["group"]], on="run")
+    ranks = ranks[ranks["metric"].isin(FIT_METRICS) | ranks["metric"].str.startswith("renyi_")]
+    layers = layers.join(info[["group", "ffn_dim"]], on="run")
+    # ascending width inside each group (groupby keeps row order): the OLS sums run in the same order every time
+    points = ranks.sort_values("ffn_dim", kind="stable")
+    betas = fit_points(points, GROUP_KEYS, width_col="ffn_dim", value_col="median")
+    min_nd = points.groupby(GROUP_KEYS)["N_over_D"].min().rename("min_N_over_D")
+    betas = betas.join(min_nd, on=GROUP_KEYS).assign(boot_low=math.nan, boot_high=math.nan)
+    if n_boot:
+        for i, row in betas[betas["fitted"] & betas["metric"].isin(FIT_METRICS)].iterrows():
+            sel = layers[(layers["group"] == row["group"]) & (layers["phase"] == row["phase"])
+                         & (layers["bucket"] == row["bucket"]) & (layers["site"] == row["site"])
+                         & (layers["metric"] == row["metric"])]
+            per_width = [g["value"].to_numpy() for _, g in sel.sort_values("ffn_dim").groupby("ffn_dim")]
+            boot = bootstrap_beta(sorted(sel["ffn_dim"].unique()), per_width, n_boot=n_boot)
+            betas.loc[i, ["boot_low", "boot_high"]] = boot.ci_low, boot.ci_high
+    labels = runs.drop_duplicates("group").set_index("group")[["group_label", "optimizer", "seed", "seed_group",
+                                                                "varied", "arms"]]
+    return betas[BETA_COLUMNS].join(labels, on="group")
+
+
+def fit_per_layer(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """β fitted on each layer's checkpoint medians separately (soft and hard rank)."""
+    info = runs.set_index("run")
+    layers = layers[layers["metric"].isin(FIT_METRICS)].join(info[["group", "ffn_dim", "group_label"]], on="run")
+    keys = ["group", "group_label", "phase", "bucket", "site", "metric", "layer"]
+    out = fit_points(layers, keys, width_col="ffn_dim", value_col="value")
+    return out[[*keys, "beta", "ci95_low", "ci95_high", "r2", "fitted"]]
+
+
+def fit_seeds(betas: pd.DataFrame) -> pd.DataFrame:
+    """Mean β across seeds with a t-interval, per seed group (groups equal but for the seed) with ≥ 2 seeds."""
+    rows = []
+    fitted = betas[betas["fitted"] & betas["metric"].isin(FIT_METRICS)]
+    for key, part in fitted.groupby(["seed_group", "phase", "bucket", "site", "metric"]):
+        if part["seed"].nunique() < 2:
+            continue
+        s = seed_mean_interval(part["beta"].to_numpy())
+        rows.append({**dict(zip(["seed_group", "phase", "bucket", "site", "metric"], key)),
+                     "group_label": part["group_label"].iloc[0].split(" seed=")[0], "n_seeds": s.n,
+                     "beta_mean": s.mean, "seed_ci95_low": s.ci_low, "seed_ci95_high": s.ci_high, "beta_sd": s.sd})
+    return pd.DataFrame(rows)
+
+
+def add_delta_column(betas: pd.DataFrame) -> pd.DataFrame:
+    """Δ₁,₂ = β_soft − β_hard per group, phase, bucket and site, as a column on every row."""
+    keys = ["group", "phase", "bucket", "site"]
+    return betas.join(soft_minus_hard(betas, keys), on=keys)
+
+
+def headline_json(betas: pd.DataFrame, site: str) -> dict[str, Any]:
+    """{group label: {phase: {bucket: {beta_soft, beta_hard, delta}}}} of one site, for `dvc metrics`."""
+    out: dict[str, Any] = {}
+    sel = betas[(betas["site"] == site) & betas["metric"].isin(FIT_METRICS)]
+    for row in sel.itertuples():
+        cell = out.setdefault(row.group_label, {}).setdefault(row.phase, {}).setdefault(row.bucket, {})
+        name = "beta_soft" if row.metric == "soft_rank" else "beta_hard"
+        cell[name] = None if not row.fitted else round(float(row.beta), 4)
+        if row.metric == "soft_rank" and row.fitted and not math.isnan(row.delta_soft_hard):
+            cell["delta"] = round(float(row.delta_soft_hard), 4)
+    return out
+
+
+def write_fit_results(plan: StudyPlan, store: RunStore, out: Path) -> int:
+    """Every results/ table of the fit stage; 0 on success, 1 when there is nothing to fit yet (said why)."""
+    out.mkdir(exist_ok=True)
+    fit_cfg = plan.study.fit
+    runs = collect_runs(plan, store)
+    if runs.empty:
+        print("[fit] no finished training runs")
+        return 1
+    runs.to_csv(out / "runs.csv", index=False)
+    ppl = {r.label: {"val_ppl": None if r.diverged else round(float(r.val_ppl), 3), "diverged": bool(r.diverged)}
+           for r in runs.itertuples()}
+    (out / "perplexity.json").write_text(json.dumps(ppl, indent=2, sort_keys=True))
+    long = long_ranks(runs, store)
+    if long.empty:
+        print("[fit] no measured runs yet")
+        return 1
+    low = long[(long["N_over_D"] < MIN_N_OVER_D)]
+    if len(low):
+        print(f"[fit] WARNING: {low.groupby(['run', 'step', 'layer', 'site', 'bucket']).ngroups} spectra have "
+              f"N < {MIN_N_OVER_D:g}·D (min N/D {low['N_over_D'].min():.2f}); hard rank is biased there")
+    ranks, layers = aggregate(long, int(fit_cfg.last_k))
+    ranks = ranks.join(runs.set_index("run")[["label", "group_label", "optimizer", "width_mult", "ffn_dim", "seed"]],
+                       on="run")
+    ranks.to_csv(out / "ranks.csv", index=False)
+    betas = add_delta_column(fit_groups(ranks, layers, runs, int(fit_cfg.bootstrap)))
+    betas.to_csv(out / "betas.csv", index=False)
+    fit_per_layer(layers, runs).to_csv(out / "betas_per_layer.csv", index=False)
+    fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
+    (out / "betas.json").write_text(json.dumps(headline_json(betas, fit_cfg.headline_site), indent=2, sort_keys=True))
+    print_beta_table(betas, fit_cfg.headline_site)
+    return 0
+
+
+def print_beta_table(betas: pd.DataFrame, site: str) -> None:
+    """The console summary: trained / step-0 β with the OLS interval, per group and bucket."""
+    sel = betas[(betas["site"] == site) & betas["metric"].isin(FIT_METRICS)]
+    print(f"[fit] β ({site} site): trained / step 0; OLS 95% interval; '—' = not fitted (< 3 widths)")
+    for (label, bucket), part in sel.groupby(["group_label", "bucket"]):
+        cells = []
+        for metric in FIT_METRICS:
+            vals = {}
+            for phase in ("trained", "step0"):
+                r = part[(part["metric"] == metric) & (part["phase"] == phase)]
+                vals[phase] = (f"{r['beta'].iloc[0]:.2f}" if len(r) and r["fitted"].iloc[0] else "—")
+            r = part[(part["metric"] == metric) & (part["phase"] == "trained")]
+            ci = (f" [{r['ci95_low'].iloc[0]:.2f}, {r['ci95_high'].iloc[0]:.2f}]"
+                  if len(r) and r["fitted"].iloc[0] else "")
+            cells.append(f"{metric.split('_')[0]} {vals['trained']}{ci} / {vals['step0']}")
+        print(f"  {label:<28} {bucket:<7} " + "   ".join(cells))

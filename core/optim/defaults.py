@@ -1,0 +1,123 @@
+"""The one place where the optimizers' default hyperparameters are written (the paper's values, docs/science.md §4).
+
+Every default value appears once here. The optimizer classes take their signature defaults from these tables
+(`lr: float = MUON["lr"]`), `orthogonalize` takes its defaults from `NEWTON_SCHULZ`, and `default_hparams` assembles
+the per-name dicts that go into the run spec (and its hash). Pure data, no torch: importable from anywhere.
+
+Names: "adamw", "muon", "normuon", "dion_<a>_<b>" (rank fraction f = a/b in (0, 1], e.g. dion_1_16).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+# --- the paper's values (docs/science.md §4) --------------------------------------------------------------------
+
+# What the paper runs every matrix optimizer (Muon, NorMuon, Dion) with: one lr (before the shape scale), one momentum,
+# one decoupled weight decay and one lr shape-scale rule, so that the three differ only in how they pick a direction.
+MATRIX: Final[Mapping[str, Any]] = MappingProxyType(
+    {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.01, "scale_rule": "spectral"}
+)
+
+# Quintic Newton–Schulz as Muon and NorMuon run it (the coefficient triples themselves live in newton_schulz.py,
+# under the name given here).
+NEWTON_SCHULZ: Final[Mapping[str, Any]] = MappingProxyType(
+    {"ns_steps": 5, "ns_coeffs": "paper", "ns_dtype": "float32", "ns_eps": 1e-8}
+)
+
+# Muon: the arguments of `Muon`, in its hyperparameter order.
+MUON: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "lr": MATRIX["lr"],
+        "momentum": MATRIX["momentum"],
+        "nesterov": True,
+        "weight_decay": MATRIX["weight_decay"],
+        "scale_rule": MATRIX["scale_rule"],
+        **NEWTON_SCHULZ,
+    }
+)
+
+# NorMuon's own hyperparameters: the EMA factor of the row second moments and the ε of the row normalisation.
+_NORMUON_OWN: Final[Mapping[str, Any]] = MappingProxyType({"beta2": 0.95, "eps": 1e-8})
+# NorMuon: the arguments of `NorMuon` (Muon's, then its own).
+NORMUON: Final[Mapping[str, Any]] = MappingProxyType({**MUON, **_NORMUON_OWN})
+
+# Dion: no Newton–Schulz and no Nesterov step, so those keys are absent (a key that changes nothing must not change
+# the run's hash either). rank_fraction is replaced by the fraction in the name; q_seed (the `seed` argument of
+# `Dion`) seeds each parameter's starting Q; eps guards the column normalisation of Q.
+DION: Final[Mapping[str, Any]] = MappingProxyType({**MATRIX, "rank_fraction": 1.0, "eps": 1e-8, "q_seed": 0})
+
+# Lion: the arguments of `Lion`, the scalar optimizer (embedding, head, 1-D gains) under Muon / NorMuon / Dion.
+LION: Final[Mapping[str, Any]] = MappingProxyType({"lr": 0.02, "betas": (0.95, 0.98), "weight_decay": 0.0})
+
+# AdamW: one lr for every role (the head's is not scaled by d_model under AdamW), weight decay on block matrices only.
+_ADAMW_LR: Final = 3e-3
+_ADAMW_SCALAR_WEIGHT_DECAY: Final = 0.0
+ADAMW: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "lr": _ADAMW_LR,
+        "betas": (0.9, 0.95),
+        "eps": 1e-8,
+        "weight_decay": 0.01,
+        "embed_lr": _ADAMW_LR,
+        "embed_weight_decay": _ADAMW_SCALAR_WEIGHT_DECAY,
+        "head_lr": _ADAMW_LR,
+        "head_weight_decay": _ADAMW_SCALAR_WEIGHT_DECAY,
+        "other_lr": _ADAMW_LR,
+        "other_weight_decay": _ADAMW_SCALAR_WEIGHT_DECAY,
+    }
+)
+
+# --- the run-spec hyperparameters of each optimizer name (arrangements of the values above) ---------------------
+
+# The scalar (Lion) side shared by Muon, NorMuon and Dion. head_lr None means embed_lr / √d_model, computed at build.
+_LION_SIDE: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "lion_betas": LION["betas"],
+        "lion_weight_decay": LION["weight_decay"],
+        "embed_lr": LION["lr"],
+        "head_lr": None,
+        "other_lr": LION["lr"],
+    }
+)
+
+# Key order is part of the contract (the dicts go into the run spec as they are).
+_HPARAMS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        "adamw": ADAMW,
+        "muon": MappingProxyType({**MUON, **_LION_SIDE}),
+        "normuon": MappingProxyType({**MUON, **_LION_SIDE, **_NORMUON_OWN}),
+        "dion": MappingProxyType({**DION, **_LION_SIDE}),
+    }
+)
+
+VALID_NAME_FORMS = (
+    "'adamw', 'muon', 'normuon', or 'dion_<a>_<b>' with integers 1 <= a <= b "
+    "(rank fraction a/b, e.g. 'dion_1_2', 'dion_1_16')"
+)
+_DION_NAME = re.compile(r"dion_([1-9][0-9]*)_([1-9][0-9]*)")
+
+
+def parse_optimizer_name(name: str) -> tuple[str, float | None]:
+    """("adamw" | "muon" | "normuon", None) or ("dion", a/b) for "dion_<a>_<b>"."""
+    if name in ("adamw", "muon", "normuon"):
+        return name, None
+    match = _DION_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match:
+        a, b = int(match.group(1)), int(match.group(2))
+        if a <= b:
+            return "dion", a / b
+    raise ValueError(f"unknown optimizer name {name!r}; valid forms: {VALID_NAME_FORMS}")
+
+
+def default_hparams(name: str) -> dict[str, Any]:
+    """A fresh, JSON-serialisable dict of every hyperparameter of the named optimizer (docs/science.md §4).
+    Pairs such as betas come as lists (what JSON gives back), each call a new list."""
+    base, fraction = parse_optimizer_name(name)
+    hp = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in _HPARAMS[base].items()}
+    if fraction is not None:
+        hp["rank_fraction"] = fraction
+    return hp

@@ -1,0 +1,59 @@
+"""Glue between the command line and the library: load and plan the study, run one stage from the stage table."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from specscale.cache import RunStore
+from specscale.launch import Launcher, Task
+from specscale.plan import StudyPlan, make_plan
+from specscale.remote import RemoteError, restore_runs
+from specscale.spec import load_study
+from specscale.stages.table import VERSIONS, Stage
+
+
+def project_root() -> Path:
+    """The DVC project: $SPECSCALE_ROOT, else the working directory (dvc runs stage commands from the repo root)."""
+    return Path(os.environ.get("SPECSCALE_ROOT", os.getcwd())).resolve()
+
+
+def plan_study(study: DictConfig, where: Path | str = "params.yaml") -> StudyPlan:
+    """The study's runs and keys, with every stage's version from the stage table."""
+    return make_plan(study, VERSIONS, where)
+
+
+def load_plan(params: str | Path | None = None) -> tuple[StudyPlan, RunStore]:
+    root = project_root()
+    params_path = Path(params) if params else root / "params.yaml"
+    return plan_study(load_study(params_path), params_path), RunStore(root)
+
+
+def run_stage(stage: Stage, plan: StudyPlan, store: RunStore) -> int:
+    """Run a stage: a single-run stage in this process (the debug path tests use), a fan-out stage's selected runs
+    through the launcher, an aggregate stage's main. Returns the exit code."""
+    if stage.kind == "aggregate":
+        return stage.entry(plan, store)
+    runs = plan.stage_runs(stage.name)
+    launcher = plan.study.launcher
+    if stage.kind == "single":
+        launcher = launcher.copy()
+        launcher.cluster = "debug"
+    elif stage.select is not None:
+        ready = stage.select(plan, store)
+        runs = [r for r in runs if r.key in ready]
+    restore_from_remote(stage.name, [r.key for r in runs], store)
+    tasks = [Task(r.key, r.label, r.spec) for r in runs]
+    return Launcher(stage.name, stage.entry, store, launcher).run(tasks).exit_code
+
+
+def restore_from_remote(stage: str, keys: list[str], store: RunStore) -> None:
+    """Pull the runs a colleague already pushed before deciding what to compute: DVC's run cache does not restore
+    persistent outputs (remote.py). A no-op without a default remote or when every run is here."""
+    try:
+        restore_runs(store, stage, keys)
+    except RemoteError as err:
+        sys.exit(f"[{stage}] {err}")
