@@ -1,17 +1,25 @@
 """Frequency buckets (HEAD / MID / TAIL) of token types, as in docs/science.md §5.
 
-A position belongs to the bucket of its *input* token. Buckets come from unigram counts over the training tokens:
-sort the types by count (descending; ties by type id ascending, so the result is deterministic), cumulate the
-occurrence mass, and cut at the mass edges (1/3, 2/3).
+A position belongs to the bucket of its *input* token. Buckets come from unigram counts over the training tokens,
+one count per vocabulary entry (types never seen included). Two rules (``probe.bucket_rule``), both cutting the
+occurrence mass at the edges e₁, e₂ (``probe.bucket_edges``, default 0.33, 0.67):
 
-Boundary convention (exact, in rational arithmetic): with ``before(t)`` = occurrences of all types ranked ahead
-of t, divided by all occurrences,
-    HEAD  if before(t) <  1/3
-    MID   if 1/3 <= before(t) < 2/3
-    TAIL  otherwise,
-so the type that straddles an edge stays on the *earlier* (more frequent) side: HEAD is the shortest prefix of
-the ranking that covers at least 1/3 of the occurrences, and HEAD+MID the shortest covering at least 2/3.
-Types that never occur get bucket -1 and belong to no bucket.
+``paper`` (default) — the authors' code. Sort the counts descending into ``sorted``, cs = cumsum, total = cs[-1],
+V = number of vocabulary entries:
+    head_idx = max(1, min(#(cs <= e₁·total), V−1));  mid_idx = max(head_idx+1, min(#(cs <= e₂·total), V−1))
+    head_min = sorted[head_idx−1];  mid_min = sorted[mid_idx−1]
+    HEAD  count >= head_min;  MID  mid_min <= count < head_min;  TAIL  count < mid_min (never-seen types included).
+  So equal counts always share a bucket, and the type whose cumulative mass crosses a cut falls into the *later*
+  bucket. ``#(cs <= e·total)`` is evaluated exactly (integers against the rational e); the authors compare a float32
+  cumsum, which can differ only when a cumulative count lies within float32 rounding (2⁻²⁴ relative) of a cut.
+  In the degenerate case of a single seen type, mid_min is 0 and the unseen types land in MID, as in their code.
+
+``mass`` — specscale's earlier rule. Sort the types by count (descending; ties by type id ascending, so the result
+  is deterministic); with ``before(t)`` = occurrences of all types ranked ahead of t, divided by all occurrences,
+    HEAD  if before(t) <  e₁;  MID  if e₁ <= before(t) < e₂;  TAIL  otherwise,
+  exactly, in rational arithmetic. The straddling type stays on the *earlier* (more frequent) side: HEAD is the
+  shortest prefix of the ranking covering at least e₁ of the occurrences. Types that never occur get bucket -1 and
+  belong to no bucket.
 
 The probe set (``select_probe_set``, written by ``ProbeSet.save``) is the fixed held-out input on which every run's
 activations are measured: identical across runs, with the token counts recorded.
@@ -31,7 +39,9 @@ import numpy as np
 BUCKET_NAMES = ("HEAD", "MID", "TAIL")  # frequency buckets, most frequent first
 POOLED = "GLOBAL"  # the set that pools every token regardless of bucket
 ALL_SETS = (*BUCKET_NAMES, POOLED)  # display and table order of every measured set
-UNSEEN = -1
+BUCKET_RULES = ("paper", "mass")  # probe.bucket_rule; see the module docstring
+PAPER_EDGES = (0.33, 0.67)  # the authors' mass cuts (docs/science.md §5)
+UNSEEN = -1  # bucket id of a type in no bucket (the mass rule's never-seen types)
 _COUNT_CHUNK = 1 << 24  # tokens per bincount call: bounds memory on huge memory-mapped corpora
 _SCAN_CHUNK_WINDOWS = 4096  # probe-set windows classified per step
 
@@ -48,13 +58,12 @@ def unigram_counts(tokens: Any, vocab_size: int) -> np.ndarray:
 
 
 def _as_fraction(edge: float) -> Fraction:
-    # 1/3 as a float is not exactly 1/3; recover the intended small rational so that a type whose preceding mass
-    # is exactly one third (e.g. 30 of 90) is classified by the stated rule, not by rounding noise.
+    # 0.33 or 1/3 as a float is not exactly that number; recover the intended small rational so that a cumulative
+    # mass exactly on an edge (e.g. 33 of 100, or 30 of 90) is classified by the stated rule, not by rounding noise.
     return Fraction(edge).limit_denominator(1_000_000)
 
 
-def assign_buckets(counts: np.ndarray, edges: tuple[float, float] = (1 / 3, 2 / 3)) -> np.ndarray:
-    """Bucket id per type: 0 HEAD, 1 MID, 2 TAIL, -1 never occurs. Shape (vocab_size,), int8. See module docstring."""
+def _check_counts(counts: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
     counts = np.asarray(counts)
     if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer):
         raise ValueError(f"counts must be a 1-D integer array, got shape {counts.shape}, dtype {counts.dtype}")
@@ -62,10 +71,51 @@ def assign_buckets(counts: np.ndarray, edges: tuple[float, float] = (1 / 3, 2 / 
         raise ValueError("counts must be non-negative")
     if len(edges) != 2 or not 0 < edges[0] < edges[1] < 1:
         raise ValueError(f"edges must be two increasing fractions in (0, 1), got {edges}")
-    counts = counts.astype(np.int64)
-    total = int(counts.sum())
-    if total == 0:
+    if int(counts.sum()) == 0:
         raise ValueError("all counts are zero: no occurrences to bucket")
+    return counts.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PaperCutoffs:
+    """The authors' cut indices (1-based positions in the descending counts) and the minimum counts they imply."""
+
+    head_idx: int
+    mid_idx: int
+    head_min: int  # HEAD: count >= head_min
+    mid_min: int  # MID: mid_min <= count < head_min; TAIL: count < mid_min
+
+
+def paper_cutoffs(counts: np.ndarray, edges: tuple[float, float] = PAPER_EDGES) -> PaperCutoffs:
+    """head_min and mid_min of the paper rule (module docstring) for counts of shape (V,), V >= 2 entries."""
+    counts = _check_counts(counts, edges)
+    v = counts.size
+    if v < 2:
+        raise ValueError(f"the paper's bucket rule needs at least 2 vocabulary entries, got {v}")
+    sorted_counts = np.sort(counts)[::-1]
+    cs = np.cumsum(sorted_counts)  # int64: at most the total occurrences
+    total = int(cs[-1])
+
+    def n_within(edge: float) -> int:
+        # #(cs <= e·total), exact: cs is an integer, so cs <= (num/den)·total  <=>  cs <= floor(num·total / den).
+        f = _as_fraction(edge)
+        return int(np.count_nonzero(cs <= (f.numerator * total) // f.denominator))
+
+    head_idx = max(1, min(n_within(edges[0]), v - 1))
+    mid_idx = max(head_idx + 1, min(n_within(edges[1]), v - 1))
+    return PaperCutoffs(head_idx, mid_idx, int(sorted_counts[head_idx - 1]), int(sorted_counts[mid_idx - 1]))
+
+
+def _assign_paper(counts: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
+    cut = paper_cutoffs(counts, edges)
+    bucket = np.full(counts.size, 2, dtype=np.int8)  # TAIL, never-seen types included
+    bucket[counts >= cut.mid_min] = 1
+    bucket[counts >= cut.head_min] = 0
+    return bucket
+
+
+def _assign_mass(counts: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
+    total = int(counts.sum())
     type_ids = np.arange(counts.size)
     order = np.lexsort((type_ids, -counts))  # primary key: count descending; then id ascending
     sorted_counts = counts[order]
@@ -83,11 +133,23 @@ def assign_buckets(counts: np.ndarray, edges: tuple[float, float] = (1 / 3, 2 / 
     return bucket
 
 
+def assign_buckets(counts: np.ndarray, edges: tuple[float, float] = PAPER_EDGES, rule: str = "paper") -> np.ndarray:
+    """Bucket id per type: 0 HEAD, 1 MID, 2 TAIL (-1: in no bucket, mass rule only). counts: (V,) integer
+    occurrences of every vocabulary entry; returns (V,) int8. Rules: module docstring."""
+    if rule not in BUCKET_RULES:
+        raise ValueError(f"bucket rule {rule!r} is not one of {', '.join(BUCKET_RULES)}")
+    counts = _check_counts(counts, edges)
+    return _assign_paper(counts, edges) if rule == "paper" else _assign_mass(counts, edges)
+
+
 def bucket_stats(counts: np.ndarray, bucket_of_type: np.ndarray) -> dict[str, Any]:
     """Types and occurrence share per bucket (JSON-serialisable)::
 
-    {"total_occurrences": int, "unseen_types": int,
+    {"total_occurrences": int, "unseen_types": int, "unbucketed_types": int,
      "HEAD": {"types": int, "occurrences": int, "share": float}, "MID": {...}, "TAIL": {...}}
+
+    unseen_types counts the vocabulary entries with zero count (under the paper rule they are TAIL types and counted
+    in TAIL's "types"); unbucketed_types those in no bucket (id -1: the mass rule's unseen types).
     """
     counts = np.asarray(counts, dtype=np.int64)
     bucket_of_type = np.asarray(bucket_of_type)
@@ -96,7 +158,8 @@ def bucket_stats(counts: np.ndarray, bucket_of_type: np.ndarray) -> dict[str, An
     total = int(counts.sum())
     stats: dict[str, Any] = {
         "total_occurrences": total,
-        "unseen_types": int((bucket_of_type == UNSEEN).sum()),
+        "unseen_types": int((counts == 0).sum()),
+        "unbucketed_types": int((bucket_of_type == UNSEEN).sum()),
     }
     for k, name in enumerate(BUCKET_NAMES):
         members = bucket_of_type == k
@@ -201,8 +264,9 @@ def select_probe_set(
 
     A bucket with fewer than ``min_bucket_tokens`` positions in the whole split is skipped (it does not hold up the
     scan and gets no indices). A bucket with fewer than requested but at least ``min_bucket_tokens`` keeps all it
-    has (``selected < requested``). Positions whose token never occurred in training (bucket -1) count only in the
-    pooled set. A trailing partial window of the val split is never used.
+    has (``selected < requested``). Positions whose token is in no bucket (bucket -1: under the mass rule, a type
+    never seen in training; the paper rule puts those in TAIL) count only in the pooled set. A trailing partial window
+    of the val split is never used.
     """
     if seq_len < 1 or tokens_per_bucket < 1 or pooled_tokens < 1 or min_bucket_tokens < 0:
         raise ValueError("seq_len, tokens_per_bucket and pooled_tokens must be >= 1, min_bucket_tokens >= 0")
@@ -269,21 +333,37 @@ def select_probe_set(
     )
 
 
+def vocab_entries(vocab_size: int, spec: dict[str, Any]) -> int:
+    """V, the length of the count vector: the tokenizer's vocabulary padded to the model's embedding rows
+    (``vocab_multiple``; GPT-2 50257 → 50304), as the authors counted over all 50,304 entries. The padding ids never
+    occur, so they are TAIL types under the paper rule; they change no token's bucket, only V (its clamps) and the
+    number of TAIL types."""
+    multiple = int(spec["vocab_multiple"])
+    return -(-int(vocab_size) // multiple) * multiple
+
+
 def build_buckets(tokens_dir: Path, spec: dict[str, Any], work: Path) -> dict[str, Any]:
-    """The buckets stage's computation: unigram counts of tokens_dir/train.bin → bucket of every type, the fixed probe
-    set from val.bin, and bucket_stats.json, all into `work`. Returns the stats (types and probe tokens per bucket)."""
-    from specscale.shards import open_tokens  # shards imports torch; keep this module light for the report side
+    """The buckets stage's computation: unigram counts of the tokenize run's train split → bucket of every type, the
+    fixed probe set from its val split, and bucket_stats.json, all into `work`. Returns the stats (types and probe tokens per bucket)."""
+    from specscale.shard_manifest import open_splits  # shards imports torch; keep this module light for the report
 
     meta = json.loads((tokens_dir / "tokens.json").read_text())
-    counts = unigram_counts(open_tokens(tokens_dir / "train.bin"), meta["vocab_size"])
-    bucket_of_type = assign_buckets(counts, tuple(spec["edges"]))
+    train_tokens, val_tokens = open_splits(tokens_dir)  # memory-mapped in place (shards.json re-checked), or *.bin
+    counts = unigram_counts(train_tokens, vocab_entries(meta["vocab_size"], spec))
+    edges, rule = (float(spec["edges"][0]), float(spec["edges"][1])), str(spec["rule"])
+    bucket_of_type = assign_buckets(counts, edges, rule)
     np.save(work / "bucket_of_type.npy", bucket_of_type)
     np.save(work / "unigram_counts.npy", counts)
-    probe = select_probe_set(open_tokens(tokens_dir / "val.bin"), bucket_of_type, spec["seq_len"],
+    probe = select_probe_set(val_tokens, bucket_of_type, spec["seq_len"],
                              spec["tokens_per_bucket"], spec["pooled_tokens"], spec["min_bucket_tokens"])
     probe.save(work)
-    stats = {"types": bucket_stats(counts, bucket_of_type), "probe": probe.buckets,
+    stats = {"rule": rule, "edges": list(edges), "vocab_entries": int(counts.size),
+             "types": bucket_stats(counts, bucket_of_type), "probe": probe.buckets,
              "probe_sequences": int(probe.windows.shape[0]), "pooled_selected": int(probe.pooled_indices.size)}
+    if rule == "paper":
+        cut = paper_cutoffs(counts, edges)
+        stats["paper_cutoffs"] = {"head_idx": cut.head_idx, "mid_idx": cut.mid_idx, "head_min": cut.head_min,
+                                  "mid_min": cut.mid_min}
     p = counts[counts > 0] / counts.sum()
     stats["unigram_entropy_nats"] = float(-(p * np.log(p)).sum())
     (work / "bucket_stats.json").write_text(json.dumps(stats, indent=2))

@@ -3,6 +3,11 @@
 Work happens in runs/.work/<stage>/<key>/ (outside the DVC output, same filesystem) and is renamed into place in one
 `os.rename`, so a killed job never leaves a half-run that looks finished, and a resumable job finds its partial state
 where it left it.
+
+Replacing a finished run (the `recompute` policy for runs made by other code, launch.py) never deletes the old run
+before the new one is finished: the new run is built in the work dir while the old one stays published, then the
+old run is moved aside to runs/.replaced/ and the new one renamed into place. A kill between those two renames
+leaves the finished new run in the work dir, which `recover` publishes on the next launch.
 """
 
 from __future__ import annotations
@@ -15,14 +20,21 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
+
+from specscale.fingerprint import code_diff
+from specscale.integrity import write_contents
 
 SUCCESS = "_SUCCESS"
 SPEC_FILE = "spec.json"
 PROVENANCE_FILE = "provenance.json"
 KEY_LENGTH = 16
+CODE_FIELD = "code_fingerprint"  # provenance: {file: sha256} of the code that made the run (fingerprint.py)
+RUN_ID_FIELD = "run_id"  # provenance: unique per commit, so a run made from a since-recomputed input can be told
+INPUT_RUNS_FIELD = "input_runs"  # provenance: {input stage: its run_id when this run was committed}
 
 
 def stable_hash(obj: Any) -> str:
@@ -56,7 +68,8 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 
 def provenance(project_root: Path, device: str, wall_time_s: float, extra: dict | None = None) -> dict[str, Any]:
-    """Code commit and dirty flag, package versions, host, device and wall time of one run."""
+    """Code commit and dirty flag, package versions, host, device and wall time of one run. No environment
+    variable is recorded except SLURM's job ids, and no command line: both can carry credentials."""
     commit = _git(["rev-parse", "HEAD"], project_root)
     dirty = _git(["status", "--porcelain", "--untracked-files=no"], project_root)
     packages = {}
@@ -120,8 +133,12 @@ class RunStore:
         return work
 
     def commit(self, stage: str, key: str, device: str, wall_time_s: float, extra: dict | None = None,
-               drop: Iterable[str] = ()) -> Path:
-        """Write provenance and _SUCCESS into the work dir, then rename it into place (atomic on one filesystem)."""
+               drop: Iterable[str] = (), code: Mapping[str, str] | None = None, replace: bool = False) -> Path:
+        """Write provenance and _SUCCESS into the work dir, then rename it into place (atomic on one filesystem).
+
+        `code`: the fingerprint of the code that ran ({file: sha256}, fingerprint.py), recorded beside the git
+        commit. `replace`: this run recomputes a finished run and takes its place (see the module docstring);
+        otherwise a finished run already in place wins and this work is discarded."""
         work, final = self.work_dir(stage, key), self.final_dir(stage, key)
         for name in drop:  # resume state and other scratch that must not be published
             target = work / name
@@ -129,16 +146,71 @@ class RunStore:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-        write_json(work / PROVENANCE_FILE, provenance(self.project_root, device, wall_time_s, extra))
+        info = provenance(self.project_root, device, wall_time_s, extra)
+        spec = read_json(work / SPEC_FILE) if (work / SPEC_FILE).exists() else {}
+        inputs = spec.get("inputs") or {}
+        info.update({CODE_FIELD: dict(code) if code is not None else None, RUN_ID_FIELD: uuid.uuid4().hex,
+                     INPUT_RUNS_FIELD: {s: self.load_provenance(s, k).get(RUN_ID_FIELD) for s, k in inputs.items()}})
+        write_json(work / PROVENANCE_FILE, info)
+        write_contents(work)  # what the run holds, checked before it is reused (integrity.py)
         (work / SUCCESS).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # an unfinished leftover (no _SUCCESS): never read, safe to replace
-            if (final / SUCCESS).exists():
+        if (final / SUCCESS).exists():
+            if not replace:
                 shutil.rmtree(work)
                 return final
+            aside = self.replaced_dir(stage, key)
+            if aside.exists():
+                shutil.rmtree(aside)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(final, aside)  # from here until the next rename the run is missing, never half-finished
+            os.rename(work, final)
+            shutil.rmtree(aside)
+            return final
+        if final.exists():  # an unfinished leftover (no _SUCCESS): never read, safe to replace
             shutil.rmtree(final)
         os.rename(work, final)
         return final
+
+    def replaced_dir(self, stage: str, key: str) -> Path:
+        """Where a finished run waits, during a replacement, between its two renames (outside the DVC outputs)."""
+        return self.root / ".replaced" / stage / key
+
+    def recover(self, stage: str, key: str) -> bool:
+        """Publish a finished run that a commit killed between writing _SUCCESS and its rename left in the work dir
+        (for a replacement: after the old run was moved aside). True when it did."""
+        work, final = self.work_dir(stage, key), self.final_dir(stage, key)
+        if not (work / SUCCESS).exists() or (final / SUCCESS).exists():
+            return False
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(work, final)
+        except FileNotFoundError:  # the job's own commit got there first
+            return False
+        shutil.rmtree(self.replaced_dir(stage, key), ignore_errors=True)
+        return True
+
+    def load_provenance(self, stage: str, key: str | None) -> dict[str, Any]:
+        """A finished run's provenance.json; {} when there is no such run."""
+        path = self.final_dir(stage, key) / PROVENANCE_FILE if key else None
+        return read_json(path) if path is not None and path.exists() else {}
+
+    def changes(self, stage: str, key: str, code: Mapping[str, str] | None) -> list[str]:
+        """What differs between what made a finished run and today: the code files whose fingerprint changed
+        (fingerprint.code_diff; nothing is compared when `code` is None) and 'input <stage> recomputed' for each
+        input run replaced since this run was made. [] when nothing differs or nothing can be told."""
+        prov = self.load_provenance(stage, key)
+        out = code_diff(prov.get(CODE_FIELD), code) if code is not None else []
+        recorded = prov.get(INPUT_RUNS_FIELD) or {}
+        if recorded:
+            inputs = self.load_spec(stage, key).get("inputs") or {}
+            for input_stage, run_id in sorted(recorded.items()):
+                now = self.load_provenance(input_stage, inputs.get(input_stage)).get(RUN_ID_FIELD)
+                if run_id and now and run_id != now:
+                    out.append(f"input {input_stage} recomputed")
+        return out
 
     def load_spec(self, stage: str, key: str) -> dict[str, Any]:
         return read_json(self.final_dir(stage, key) / SPEC_FILE)

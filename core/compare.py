@@ -332,8 +332,11 @@ def parse_alpha(metric: str) -> float:
 
 
 def renyi_table(ranks: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
-    """Pre rank, post rank and reinjection ρ_α = R_α(post)/R_α(pre) per run, bucket and α (trained phase)."""
-    sel = ranks[ranks["metric"].str.startswith("renyi_") & (ranks["phase"] == "trained")]
+    """Pre rank, post rank and reinjection ρ_α = R_α(post)/R_α(pre) per run, bucket and α (trained phase). ρ is the
+    fit stage's (rows 'rho_<α>', aggregated as fit.rho_aggregation says); the ratio of the two medians where a
+    ranks table has no such rows."""
+    trained = ranks[ranks["phase"] == "trained"]
+    sel = trained[trained["metric"].str.startswith("renyi_") & trained["site"].isin(["pre", "post"])]
     if sel.empty:
         return pd.DataFrame()
     wide = sel.pivot_table(index=["run", "bucket", "metric"], columns="site", values="median").reset_index()
@@ -341,7 +344,13 @@ def renyi_table(ranks: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame) -
         return pd.DataFrame()
     wide["alpha"] = wide["metric"].map(parse_alpha)
     wide["alpha_label"] = [("∞" if math.isinf(a) else fmt_value(a)) for a in wide["alpha"]]
-    wide["rho"] = wide["post"] / wide["pre"]
+    rho = trained[trained["metric"].str.startswith("rho_")]
+    if rho.empty:
+        wide["rho"] = wide["post"] / wide["pre"]
+    else:
+        rho = rho.assign(metric="renyi_" + rho["metric"].str.removeprefix("rho_"))
+        wide = wide.join(rho.set_index(["run", "bucket", "metric"])["median"].rename("rho"),
+                         on=["run", "bucket", "metric"])
     info = groups.set_index("group")[["display", "optim_label", "family"]]
     wide = wide.join(runs.set_index("run")[["group", "width_mult", "ffn_dim", "seed"]], on="run").join(info, on="group")
     return wide.drop(columns="metric").sort_values(["display", "width_mult", "bucket", "alpha"]).reset_index(drop=True)

@@ -1,5 +1,6 @@
-"""The tokenize stage's computation: a corpus (embedded stdlib source, text files, modded-nanoGPT `.bin` shards or a
-Hugging Face dataset) → byte-level BPE (unless already tokenized) → train.bin / val.bin shards and tokens.json."""
+"""The tokenize stage's computation: a corpus (embedded stdlib source, text files or a Hugging Face dataset) →
+byte-level BPE → train.bin / val.bin shards and tokens.json; or modded-nanoGPT `.bin` shards, already tokenized →
+validated and indexed in place (shards.json, see shard_manifest.py; no token is copied) and tokens.json."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-
 from specscale import corpus, tokenizer
-from specscale.shards import GPT2_VOCAB, read_bin_shard, write_tokens
+from specscale.shard_manifest import MANIFEST_FILE, write_manifest
+from specscale.shards import GPT2_VOCAB, write_tokens
 
 VAL_BLOCK_TOKENS = 65536  # `.bin` corpora without val shards: every val_every-th block of this many tokens is val
 
@@ -26,39 +26,43 @@ def documents(data: dict[str, Any], root: Path) -> Iterator[tuple[str, str]]:
     return corpus.hf_documents(data["hf_dataset"], data["hf_split"], data["hf_text_field"], data["max_bytes"])
 
 
-def concat_bin(patterns: list[str], root: Path, what: str) -> np.ndarray:
-    """Every `.bin` shard matching `patterns` (relative to root), in path order, as one token array."""
+def bin_files(patterns: list[str], root: Path, what: str) -> list[Path]:
+    """Every `.bin` shard matching `patterns` (relative to root, `**` allowed), deduplicated, in path order."""
     files = sorted({f for p in patterns for f in glob.glob(str(root / p), recursive=True)})
     if not files:
         raise FileNotFoundError(f"data.{what}: no .bin shard matches {patterns} (relative to {root})")
-    return np.concatenate([np.asarray(read_bin_shard(f)) for f in files])
+    return [Path(f) for f in files]
 
 
 def build_token_shards(data: dict[str, Any], root: Path, work: Path) -> dict[str, Any]:
-    """Write work/train.bin, work/val.bin (and work/tokenizer.json for text sources); returns tokens.json's fields."""
+    """Text sources: write work/train.bin, work/val.bin and work/tokenizer.json. `.bin` shards: write work/shards.json
+    (every shard validated here, before any run starts). Both write work/tokens.json; returns its fields."""
     started = time.time()
-    if data["source"] == "bin":
-        train = concat_bin(data["paths"], root, "paths")
-        val = concat_bin(data["val_paths"], root, "val_paths") if data["val_paths"] else None
-        if val is None:  # no val shards: hold out every val_every-th block, interleaved like documents
-            blocks = np.arange(len(train)) // VAL_BLOCK_TOKENS
-            is_val = blocks % data["val_every"] == data["val_every"] - 1
-            train, val = train[~is_val], train[is_val]
-        vocab_size, n_docs = GPT2_VOCAB, None
-    else:
-        docs = list(documents(data, root))
-        train_docs, val_docs = corpus.split_documents(docs, data["val_every"])
-        print(f"{len(docs)} documents ({sum(len(t) for _, t in docs) / 1e6:.1f} MB): "
-              f"{len(train_docs)} train, {len(val_docs)} val; training BPE ({data['vocab_size']} types)", flush=True)
-        tok = tokenizer.train_bpe((text for _, text in train_docs), data["vocab_size"])
-        tokenizer.save_tokenizer(tok, work / "tokenizer.json")
-        train = tokenizer.encode_documents(tok, train_docs)
-        val = tokenizer.encode_documents(tok, val_docs)
-        vocab_size, n_docs = tok.get_vocab_size(), {"train": len(train_docs), "val": len(val_docs)}
+    if data["source"] == "bin":  # read in place: validate and index the shards, copy nothing
+        val_files = bin_files(data["val_paths"], root, "val_paths") if data["val_paths"] else []
+        manifest = write_manifest(work, bin_files(data["paths"], root, "paths"), val_files, VAL_BLOCK_TOKENS,
+                                  data["val_every"])
+        meta = {"vocab_size": GPT2_VOCAB, "train_tokens": manifest["train_tokens"],
+                "val_tokens": manifest["val_tokens"], "documents": None, "source": "bin",
+                "shards": {"train": len(manifest["train"]), "val": len(manifest["val"]), "manifest": MANIFEST_FILE}}
+        return _finish(meta, started, work)
+    docs = list(documents(data, root))
+    train_docs, val_docs = corpus.split_documents(docs, data["val_every"])
+    print(f"{len(docs)} documents ({sum(len(t) for _, t in docs) / 1e6:.1f} MB): "
+          f"{len(train_docs)} train, {len(val_docs)} val; training BPE ({data['vocab_size']} types)", flush=True)
+    tok = tokenizer.train_bpe((text for _, text in train_docs), data["vocab_size"])
+    tokenizer.save_tokenizer(tok, work / "tokenizer.json")
+    train = tokenizer.encode_documents(tok, train_docs)
+    val = tokenizer.encode_documents(tok, val_docs)
     write_tokens(work / "train.bin", train)
     write_tokens(work / "val.bin", val)
-    meta = {"vocab_size": int(vocab_size), "train_tokens": int(len(train)), "val_tokens": int(len(val)),
-            "documents": n_docs, "source": data["source"], "seconds": round(time.time() - started, 1)}
+    meta = {"vocab_size": int(tok.get_vocab_size()), "train_tokens": int(len(train)), "val_tokens": int(len(val)),
+            "documents": {"train": len(train_docs), "val": len(val_docs)}, "source": data["source"]}
+    return _finish(meta, started, work)
+
+
+def _finish(meta: dict[str, Any], started: float, work: Path) -> dict[str, Any]:
+    meta["seconds"] = round(time.time() - started, 1)
     (work / "tokens.json").write_text(json.dumps(meta, indent=2))
-    print(f"tokens: {meta['train_tokens']:,} train, {meta['val_tokens']:,} val, vocab {vocab_size}", flush=True)
+    print(f"tokens: {meta['train_tokens']:,} train, {meta['val_tokens']:,} val, vocab {meta['vocab_size']}", flush=True)
     return meta

@@ -5,8 +5,11 @@ Per run, bucket, site and metric: median over the last K logged checkpoints per 
 with ±1 SD (ddof 1) of the layer medians. The same at step 0 — the untrained network — is the baseline of every β.
 Outputs (results/):
   runs.csv            one row per training run: labels, validation loss/perplexity, diverged
-  ranks.csv           per run × phase (trained | step0) × bucket × site × metric: median, sd, n_layers, N, D, N/D
+  ranks.csv           per run × phase (trained | step0) × bucket × site × metric: median, sd, n_layers, N, D, N/D;
+                      plus derived rows: TII (metric tii, bucket TAIL-HEAD, site post) and ρ_α (metric rho_<α>,
+                      site post/pre), aggregated as fit.rho_aggregation says (`derived_rows`)
   betas.csv           per group × phase × bucket × site × metric: β, 95% OLS t-interval, R², n, bootstrap interval
+                      and mixed_code / mixed_spec: what differs across the group's widths besides the width
   betas_per_layer.csv the same fit on each layer's medians (does the layer median hide disagreement?)
   betas_seeds.csv     across seeds: mean β and a t-interval over seeds (only when the sweep has ≥ 2 seeds)
   betas.json          headline β (post site) for `dvc metrics`; perplexity.json likewise
@@ -21,11 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from specscale.cache import RunStore, stable_hash
+from specscale.cache import CODE_FIELD, RunStore, stable_hash
 from specscale.fit import (FIT_METRICS, aggregate_checkpoints_and_layers, bootstrap_beta, fit_points,
                            seed_mean_interval, soft_minus_hard)
+from specscale.fingerprint import mixed_files
 from specscale.plan import StudyPlan
-from specscale.spectra import MIN_N_OVER_D
+from specscale.spectra import MIN_N_OVER_D, tail_integrity_index
 
 GROUP_KEYS = ["group", "phase", "bucket", "site", "metric"]  # one β per combination
 BETA_COLUMNS = [*GROUP_KEYS, "beta", "ci95_low", "ci95_high", "r2", "n_widths", "fitted", "reason", "intercept", "se",
@@ -54,6 +58,41 @@ def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _spec_fields(spec: dict[str, Any], drop: tuple[str, ...]) -> dict[str, str]:
+    """A run's spec.json flattened to {dotted path: JSON of the value}, without the fields under `drop`."""
+    flat = pd.json_normalize(spec, sep=".").iloc[0].to_dict() if spec else {}
+    return {k: json.dumps(v, default=str, sort_keys=True) for k, v in flat.items() if not k.startswith(drop)}
+
+
+# what may differ between the widths of one group: the width, unhashed runtime fields, and the keys derived from the
+# training run (the spectra run's input and measurement key)
+WIDTH_FREE = {"train": ("runtime", "model.ffn_mult"), "spectra": ("runtime", "inputs.train", "measure_key")}
+
+
+def mixed_groups(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
+    """Per group (index) of measured runs fitted together: `mixed_code`, the files whose code fingerprint differs
+    across the group's widths, per stage ('train: core/train.py; spectra: core/spectra.py'), and `mixed_spec`, the
+    spec fields other than the width that differ across them. '' where the group's runs agree."""
+    members: dict[str, list[dict[str, str]]] = {}
+    for run in zip(plan.train, plan.activations, plan.spectra):
+        if store.is_done("spectra", run[2].key):  # only measured runs enter a fit
+            keys = {r.stage: r.key for r in run}
+            members.setdefault(stable_hash(run[0].point.group_spec()), []).append(keys)
+    rows = {}
+    for group, runs in members.items():
+        code, fields = [], set()
+        for stage in ("train", "activations", "spectra"):
+            prints = [store.load_provenance(stage, r[stage]).get(CODE_FIELD) for r in runs
+                      if store.is_done(stage, r[stage])]
+            if files := mixed_files(prints):
+                code.append(f"{stage}: {', '.join(files)}")
+        for stage, drop in WIDTH_FREE.items():
+            specs = [_spec_fields(store.load_spec(stage, r[stage]), drop) for r in runs]
+            fields |= {f for f in set().union(*specs) if len({s.get(f) for s in specs}) > 1}
+        rows[group] = {"mixed_code": "; ".join(code), "mixed_spec": ", ".join(sorted(fields))}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["mixed_code", "mixed_spec"])
+
+
 def long_ranks(runs: pd.DataFrame, store: RunStore) -> pd.DataFrame:
     """Every measured run's ranks.csv in long form: one row per (run, step, layer, site, bucket, metric)."""
     parts = []
@@ -69,8 +108,10 @@ def long_ranks(runs: pd.DataFrame, store: RunStore) -> pd.DataFrame:
                       value_vars=metric_cols, var_name="metric", value_name="value")
 
 
-def aggregate(long: pd.DataFrame, last_k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-run medians, per-layer medians) for both phases: trained (last K logged steps > 0) and step0."""
+def aggregate(long: pd.DataFrame, last_k: int,
+              rho_aggregation: str = "layer_median") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-run medians, per-layer medians) for both phases: trained (last K logged steps > 0) and step0. The per-run
+    table also holds the derived rows, TII and ρ_α (`derived_rows`); the per-layer one only measured metrics."""
     keys = ("run", "bucket", "site", "metric")
     per_run, per_layer = [], []
     for phase, part, k in (("trained", long[long["step"] > 0], last_k), ("step0", long[long["step"] == 0], 1)):
@@ -78,9 +119,88 @@ def aggregate(long: pd.DataFrame, last_k: int) -> tuple[pd.DataFrame, pd.DataFra
             continue
         agg = aggregate_checkpoints_and_layers(part, last_k=k, group_cols=keys)
         meta = part.groupby(list(keys))[["N", "D", "N_over_D"]].min().reset_index()
-        per_run.append(agg.per_run.merge(meta, on=list(keys)).assign(phase=phase))
+        measured = agg.per_run.merge(meta, on=list(keys))
+        per_run += [measured.assign(phase=phase), derived_rows(part, measured, k, rho_aggregation).assign(phase=phase)]
         per_layer.append(agg.per_layer.assign(phase=phase))
     return pd.concat(per_run, ignore_index=True), pd.concat(per_layer, ignore_index=True)
+
+
+# --- derived per-run quantities: rows of ranks.csv beside the measured metrics (docs/science.md §5) ----------------
+TII_METRIC, TII_BUCKET = "tii", "TAIL-HEAD"  # ranks.csv: metric "tii", bucket "TAIL-HEAD", site "post"
+RHO_SITE = "post/pre"  # ranks.csv: metric "rho_<α>" (from "renyi_<α>"), site "post/pre", per bucket
+RHO_AGGREGATIONS = ("layer_median", "median_ratio")  # fit.rho_aggregation
+_ROW_COLUMNS = ["run", "bucket", "site", "metric", "median", "sd", "n_layers", "N", "D", "N_over_D"]
+
+
+def rho_metric(renyi_metric: str) -> str:
+    """'renyi_0.5' → 'rho_0.5'."""
+    return "rho_" + renyi_metric.removeprefix("renyi_")
+
+
+def derived_rows(part: pd.DataFrame, measured: pd.DataFrame, last_k: int, rho_aggregation: str) -> pd.DataFrame:
+    """TII and ρ_α rows of one phase, with ranks.csv's columns. part: the phase's long table (one row per run, step,
+    layer, site, bucket, metric); measured: its per-run rows (median over the last K steps, then over layers)."""
+    if rho_aggregation not in RHO_AGGREGATIONS:
+        raise ValueError(f"fit.rho_aggregation {rho_aggregation!r} is not one of {', '.join(RHO_AGGREGATIONS)}")
+    rho = rho_layer_median(part, last_k) if rho_aggregation == "layer_median" else rho_median_ratio(measured)
+    parts = [df.reindex(columns=_ROW_COLUMNS) for df in (tii_rows(part, last_k), rho) if not df.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_ROW_COLUMNS)
+
+
+def tii_rows(part: pd.DataFrame, last_k: int) -> pd.DataFrame:
+    """Tail Integrity Index per run: at each logged step the authors' TII (mean over the layers that have both
+    buckets of hard_post(TAIL) − hard_post(HEAD), `spectra.tail_integrity_index`), then the median over the last K
+    steps. sd: ±1 SD (ddof 1) across layers of each layer's median difference; N: the smaller bucket's."""
+    sel = part[(part["metric"] == "hard_rank") & (part["site"] == "post") & part["bucket"].isin(["HEAD", "TAIL"])]
+    wide = sel.set_index(["run", "step", "layer", "bucket"])["value"].unstack("bucket")
+    if not {"HEAD", "TAIL"} <= set(wide.columns):
+        return pd.DataFrame(columns=_ROW_COLUMNS)
+    wide = wide.dropna(subset=["HEAD", "TAIL"]).reset_index()  # a skipped bucket: that layer does not count
+    if wide.empty:
+        return pd.DataFrame(columns=_ROW_COLUMNS)
+    per_step = [{"run": run, "step": step, "tii": tail_integrity_index(g["TAIL"], g["HEAD"])}
+                for (run, step), g in wide.groupby(["run", "step"])]
+    last = pd.DataFrame(per_step).sort_values(["run", "step"]).groupby("run").tail(last_k)
+    out = last.groupby("run")["tii"].median().rename("median").to_frame()
+    spread = aggregate_checkpoints_and_layers(wide.assign(value=wide["TAIL"] - wide["HEAD"]), last_k=last_k)
+    out = out.join(spread.per_run.set_index("run")[["sd", "n_layers"]])
+    out = out.join(sel.groupby("run")[["N", "D", "N_over_D"]].min()).reset_index()
+    return out.assign(bucket=TII_BUCKET, site="post", metric=TII_METRIC)
+
+
+def _pre_post(table: pd.DataFrame, index: list[str], value: str) -> pd.DataFrame:
+    """Rényi rows at both sites, side by side: columns pre and post of `value`, with the post site's N, D, N/D."""
+    sel = table[table["metric"].str.startswith("renyi_") & table["site"].isin(["pre", "post"])]
+    wide = sel.set_index([*index, "site"])[value].unstack("site")
+    if not {"pre", "post"} <= set(wide.columns):
+        return pd.DataFrame()
+    meta = sel[sel["site"] == "post"].set_index(index)[["N", "D", "N_over_D"]]
+    return wide[["pre", "post"]].join(meta).reset_index()
+
+
+def rho_layer_median(part: pd.DataFrame, last_k: int) -> pd.DataFrame:
+    """ρ_α as every other metric (§6): ρ = R_α(post)/R_α(pre) per layer and step, median over the last K steps per
+    layer, then the median over layers (sd: ±1 SD of the layer medians)."""
+    wide = _pre_post(part, ["run", "step", "layer", "bucket", "metric"], "value")
+    if wide.empty:
+        return pd.DataFrame(columns=_ROW_COLUMNS)
+    wide["value"] = wide["post"] / wide["pre"].where(wide["pre"] != 0)  # R_pre = 0: ρ undefined (NaN)
+    wide["metric"] = wide["metric"].map(rho_metric)
+    keys = ("run", "bucket", "metric")
+    agg = aggregate_checkpoints_and_layers(wide, last_k=last_k, group_cols=keys)
+    meta = wide.groupby(list(keys))[["N", "D", "N_over_D"]].min().reset_index()
+    return agg.per_run.merge(meta, on=list(keys)).assign(site=RHO_SITE)
+
+
+def rho_median_ratio(measured: pd.DataFrame) -> pd.DataFrame:
+    """ρ_α as the ratio of the per-run medians (§6 applied to R_α(post) and R_α(pre) separately); no sd."""
+    wide = _pre_post(measured.rename(columns={"median": "value"}), ["run", "bucket", "metric"], "value")
+    if wide.empty:
+        return pd.DataFrame(columns=_ROW_COLUMNS)
+    n_layers = measured[measured["site"] == "post"].set_index(["run", "bucket", "metric"])["n_layers"]
+    wide = wide.join(n_layers, on=["run", "bucket", "metric"])
+    wide["median"] = wide["post"] / wide["pre"].where(wide["pre"] != 0)
+    return wide.assign(metric=wide["metric"].map(rho_metric), site=RHO_SITE, sd=math.nan)
 
 
 def fit_groups(ranks: pd.DataFrame, layers: pd.DataFrame, runs: pd.DataFrame, n_boot: int) -> pd.DataFrame:
@@ -170,17 +290,30 @@ def write_fit_results(plan: StudyPlan, store: RunStore, out: Path) -> int:
     if len(low):
         print(f"[fit] WARNING: {low.groupby(['run', 'step', 'layer', 'site', 'bucket']).ngroups} spectra have "
               f"N < {MIN_N_OVER_D:g}·D (min N/D {low['N_over_D'].min():.2f}); hard rank is biased there")
-    ranks, layers = aggregate(long, int(fit_cfg.last_k))
+    ranks, layers = aggregate(long, int(fit_cfg.last_k), str(fit_cfg.rho_aggregation))
     ranks = ranks.join(runs.set_index("run")[["label", "group_label", "optimizer", "width_mult", "ffn_dim", "seed"]],
                        on="run")
     ranks.to_csv(out / "ranks.csv", index=False)
     betas = add_delta_column(fit_groups(ranks, layers, runs, int(fit_cfg.bootstrap)))
+    # a β over widths made by different code is flagged
+    betas = betas.join(mixed_groups(plan, store), on="group").fillna({"mixed_code": "", "mixed_spec": ""})
+    warn_mixed(betas)
     betas.to_csv(out / "betas.csv", index=False)
     fit_per_layer(layers, runs).to_csv(out / "betas_per_layer.csv", index=False)
     fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
     (out / "betas.json").write_text(json.dumps(headline_json(betas, fit_cfg.headline_site), indent=2, sort_keys=True))
     print_beta_table(betas, fit_cfg.headline_site)
     return 0
+
+
+def warn_mixed(betas: pd.DataFrame) -> None:
+    """Name each group whose widths were made by different code or differ in more than the width."""
+    mixed = betas.drop_duplicates("group")
+    mixed = mixed[(mixed["mixed_code"] != "") | (mixed["mixed_spec"] != "")]
+    for row in mixed.itertuples():
+        what = "; ".join(x for x in (row.mixed_code, row.mixed_spec and f"spec: {row.mixed_spec}") if x)
+        print(f"[fit] WARNING: the widths of {row.group_label} were made by different code or spec ({what}); "
+              f"its β is flagged in betas.csv (mixed_code, mixed_spec)")
 
 
 def print_beta_table(betas: pd.DataFrame, site: str) -> None:

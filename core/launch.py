@@ -2,7 +2,9 @@
 
 Only runs without a finished directory are submitted. Job ids are recorded in runs/.jobs/<stage>.json so that a
 restarted `dvc repro` re-attaches to jobs still in flight instead of submitting them again. A failed run never stops
-the others: failures are gathered and listed with their log paths at the end, and every finished run is kept.
+the others: failures are gathered and listed with their log paths at the end, and every finished run is kept. A
+finished run made by other code (fingerprint.py) is never reused without a word: the first line names the files, and
+`cache.on_code_change` decides: `warn` reuses it, `recompute` replaces it once the new run is finished.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import submitit
 from submitit.helpers import Checkpointable
 
 from specscale.cache import RunStore, read_json, write_json
+from specscale.fingerprint import CodeRef, files_text
+from specscale.integrity import set_aside_if_damaged
 from specscale.slurm import ENDED, QUEUE, QUEUED_STATES
 from specscale.spec import SpecError
 
 LOCAL_CONTROLLER_MARK = b"submitit.local._local"
+ON_CODE_CHANGE = ("warn", "recompute")  # cache.on_code_change: what a cached run made by other code gets
 
 
 @dataclass
@@ -41,6 +46,7 @@ class LaunchReport:
     cached: list[str] = field(default_factory=list)
     computed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, label, log path)
+    changed: dict[str, list[str]] = field(default_factory=dict)  # finished run made by other code → what differs
 
     @property
     def exit_code(self) -> int:
@@ -52,18 +58,23 @@ class LaunchReport:
 RunOne = Callable[[dict[str, Any], Path, RunStore], dict[str, Any]]
 
 
-def run_task(run_one: RunOne, stage: str, key: str, project_root: str) -> str:
-    """Job entry point (pickled by submitit): run one stage run from its work dir and commit it atomically."""
+def run_task(run_one: RunOne, stage: str, key: str, project_root: str,
+             code: CodeRef | dict[str, str] | None = None, replace: bool = False) -> str:
+    """Job entry point (pickled by submitit): run one stage run from its work dir and commit it atomically. `code`:
+    a CodeRef, fingerprinted as the job starts (what it imported), or the launcher's fingerprint (in-process runs).
+    `replace`: the run recomputes a finished run made by other code and takes its place once finished."""
     store = RunStore(project_root)
     work = store.work_dir(stage, key)
     spec = read_json(work / "spec.json")
+    fingerprint = code.fingerprint() if isinstance(code, CodeRef) else code
     started = time.time()
     result = run_one(spec, work, store) or {}
     if result.get("rank", 0) != 0:  # a multi-process run (one task per GPU): rank 0 alone commits
         return key
     device = result.pop("device", "cpu")
     drop = result.pop("drop", ())
-    store.commit(stage, key, device=device, wall_time_s=time.time() - started, extra=result, drop=drop)
+    store.commit(stage, key, device=device, wall_time_s=time.time() - started, extra=result, drop=drop,
+                 code=fingerprint, replace=replace)
     return key
 
 
@@ -73,8 +84,9 @@ class RunTask(Checkpointable):
     submitit requeues the job under the same id. Nothing needs saving here: the run's state lives in its work dir
     (training resumes from resume.pt), so the requeued call simply starts the run again and picks it up."""
 
-    def __call__(self, run_one: RunOne, stage: str, key: str, project_root: str) -> str:
-        return run_task(run_one, stage, key, project_root)
+    def __call__(self, run_one: RunOne, stage: str, key: str, project_root: str,
+                 code: CodeRef | None = None, replace: bool = False) -> str:
+        return run_task(run_one, stage, key, project_root, code, replace)
 
 
 def _pid_alive_controller(pid: int) -> bool:
@@ -190,14 +202,22 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Launcher:
-    """Runs one stage's tasks with `run_one` (the stage table's entry point) under the launcher settings."""
+    """Runs one stage's tasks with `run_one` (the stage table's entry point) under the launcher settings; `code` is
+    the stage's code (None: nothing fingerprinted or compared), `on_code_change` one of ON_CODE_CHANGE."""
 
     def __init__(self, stage: str, run_one: RunOne, store: RunStore, launcher: Any,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, code: CodeRef | None = None,
+                 on_code_change: str = "warn") -> None:
+        if on_code_change not in ON_CODE_CHANGE:
+            raise ValueError(f"cache.on_code_change is {on_code_change!r}, not one of {', '.join(ON_CODE_CHANGE)}")
         self.stage = stage
         self.run_one = run_one
         self.store = store
         self.cfg = launcher
+        self.code = code
+        self.on_code_change = on_code_change
+        self._fingerprint: dict[str, str] | None = None  # today's, taken once per launch
+        self._replace: set[str] = set()  # keys whose finished run is recomputed and replaced
         self.echo = echo if echo is not None else (lambda msg: print(msg, flush=True))
         self.jobs_path = store.root / ".jobs" / f"{stage}.json"
         self.folder = store.root / ".submitit" / stage
@@ -223,13 +243,26 @@ class Launcher:
         report = LaunchReport(self.stage, total=len(tasks))
         self.jobs_path.parent.mkdir(parents=True, exist_ok=True)
         with StageLock(self.jobs_path.with_suffix(".lock")):
-            missing = []
+            self._fingerprint = self.code.fingerprint() if self.code is not None else None
+            self._replace, missing = set(), []
             for task in tasks:
+                self.store.recover(self.stage, task.key)  # a commit killed between its renames
+                warning = self.store.is_done(self.stage, task.key) and set_aside_if_damaged(
+                    self.store.root, self.stage, task.key)
+                if warning:
+                    self.echo(warning)
                 if self.store.is_done(self.stage, task.key):
-                    report.cached.append(task.key)
+                    diff = self.store.changes(self.stage, task.key, self._fingerprint)
+                    if diff:
+                        report.changed[task.key] = diff
+                    if diff and self.on_code_change == "recompute":
+                        self._replace.add(task.key)
+                        missing.append(task)
+                    else:
+                        report.cached.append(task.key)
                 else:
                     missing.append(task)
-            self.echo(f"[{self.stage}] {len(tasks)} runs: {len(report.cached)} cached, {len(missing)} to compute")
+            self.echo(self._first_line(report, len(missing)))
             if missing:
                 for task in missing:
                     self.store.begin(self.stage, task.key, task.spec)
@@ -237,6 +270,16 @@ class Launcher:
             self._forget(report.cached + report.computed)
         self._summarise(report)
         return report
+
+    def _first_line(self, report: LaunchReport, n_missing: int) -> str:
+        """'[train] 39 runs: 39 cached (12 made by other code: core/model.py, core/train.py), 0 to compute'."""
+        head, todo = f"[{self.stage}] {report.total} runs: {len(report.cached)} cached", f"{n_missing} to compute"
+        if not report.changed:
+            return f"{head}, {todo}"
+        other, files = f"{len(report.changed)} made by other code", files_text(report.changed.values())
+        if self.on_code_change == "recompute":
+            return f"{head}, {todo} ({other}, recomputed: {files})"
+        return f"{head} ({other}: {files}), {todo}"
 
     def _execute(self, missing: list[Task], report: LaunchReport) -> None:
         records = self._records()
@@ -267,7 +310,8 @@ class Launcher:
             started = time.time()
             log = None
             try:
-                run_task(self.run_one, self.stage, task.key, str(self.store.project_root))
+                run_task(self.run_one, self.stage, task.key, str(self.store.project_root), self._fingerprint,
+                         task.key in self._replace)
             except Exception:  # a failed run must not stop the others
                 log = self.store.work_dir(self.stage, task.key) / "error.log"
                 log.write_text(traceback.format_exc())
@@ -278,7 +322,8 @@ class Launcher:
         executor = make_executor(self.cfg, self.folder, self.stage)
         root = str(self.store.project_root)
         n = len(queue)
-        jobs = executor.map_array(RunTask(), [self.run_one] * n, [self.stage] * n, [t.key for t in queue], [root] * n)
+        jobs = executor.map_array(RunTask(), [self.run_one] * n, [self.stage] * n, [t.key for t in queue], [root] * n,
+                                  [self.code] * n, [t.key in self._replace for t in queue])
         now = time.time()
         for task, job in zip(queue, jobs):
             self._record(task.key, job)
@@ -290,7 +335,8 @@ class Launcher:
 
     def _submit_local(self, task: Task) -> _Handle:
         executor = make_executor(self.cfg, self.folder, self.stage)
-        job = executor.submit(run_task, self.run_one, self.stage, task.key, str(self.store.project_root))
+        job = executor.submit(run_task, self.run_one, self.stage, task.key, str(self.store.project_root), self.code,
+                              task.key in self._replace)
         self._record(task.key, job)
         self.echo(f"[{self.stage}] ▶ {task.label} (job {job.job_id})")
         return _Handle(task, job, time.time())
@@ -343,7 +389,8 @@ class Launcher:
 
     def _finish(self, task: Task, report: LaunchReport, started: float, log: Path | None) -> None:
         n = len(report.computed) + len(report.failed) + 1
-        if self.store.is_done(self.stage, task.key):
+        # committed = published and the work dir renamed away: a failed recomputation leaves the old run published
+        if self.store.is_done(self.stage, task.key) and not self.store.work_dir(self.stage, task.key).exists():
             report.computed.append(task.key)
             self.echo(f"[{self.stage}] ✓ {task.label} ({_fmt_duration(time.time() - started)}) [{n} of this launch]")
         else:
@@ -351,7 +398,9 @@ class Launcher:
             self.echo(f"[{self.stage}] ✗ {task.label} failed; log: {log}")
 
     def _summarise(self, report: LaunchReport) -> None:
-        self.echo(f"[{self.stage}] summary: {len(report.computed)} computed, {len(report.cached)} cached, "
+        reused = len(set(report.changed) & set(report.cached))
+        note = f" ({reused} made by other code: specscale status --why)" if reused else ""
+        self.echo(f"[{self.stage}] summary: {len(report.computed)} computed, {len(report.cached)} cached{note}, "
                   f"{len(report.failed)} failed")
         if report.failed:
             print(f"[{self.stage}] FAILED runs (finished runs are kept; rerun to retry only these):", file=sys.stderr)

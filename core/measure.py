@@ -3,7 +3,13 @@ of its centred covariance (float64, streamed) and the metrics of each spectrum (
 
 Outputs of `measure_run` in the run dir:
   spectra.zarr  xarray Dataset: `eigenvalues` (step, layer, site, bucket, mode), `n_tokens` (bucket); attrs D
-  ranks.csv     one row per (step, layer, site, bucket): N, D, N/D, entropy, Rényi ranks, soft and hard rank
+  ranks.csv     one row per (step, layer, site, bucket): N, D, N/D, the rounding-noise floor, entropy, Rényi ranks,
+                soft and hard rank
+
+The activations' resolution sets the noise floor below which eigenvalues leave the support of the Rényi orders
+α < 0.5 (`spectra.storage_noise_floor`, docs/science.md §9): the coarser of the storage dtype (the manifest's `dtype`)
+and, where the manifest records it, `compute_dtype`, the dtype the probe's forward produced (bf16 under CUDA autocast:
+such values stored as fp16 or fp32 still have bf16's spacing).
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ import zarr
 from specscale.cache import RunStore
 from specscale.covariance import accumulate_array, eigenvalues
 from specscale.probe import array_name, ensure_activations
-from specscale.spectra import MIN_N_OVER_D, all_metrics
+from specscale.spectra import MIN_N_OVER_D, STORAGE_EPS, all_metrics, storage_noise_floor
+
+
+def _dtype_eps(name: str) -> float:
+    if name not in STORAGE_EPS:
+        raise ValueError(f"activation manifest: dtype {name!r} is not one of {sorted(STORAGE_EPS)}; regenerate the "
+                         f"activations (delete the scratch store) with probe.dtype float16 or float32")
+    return STORAGE_EPS[name]
 
 
 def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float],
@@ -33,6 +46,7 @@ def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float
     """Eigenvalues (NaN where a set has < 2 tokens) and one metrics row per spectrum of an activation store."""
     steps, layers, sites, sets, D = (manifest["steps"], list(range(manifest["layers"])), manifest["sites"],
                                      list(manifest["sets"]), manifest["D"])
+    resolution = max((str(manifest[k]) for k in ("dtype", "compute_dtype") if k in manifest), key=_dtype_eps)
     eig = np.full((len(steps), len(layers), len(sites), len(sets), D), np.nan)
     rows = []
     t0 = time.time()
@@ -48,8 +62,12 @@ def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float
                     cov = acc.covariance_tensor() if device.type == "cuda" else acc.covariance()
                     lam = eigenvalues(cov)
                     eig[i, layer, k, b] = lam
+                    # E[x_j²] per unit, uncentred (rounding noise scales with |x|): (N−1)/N·C_jj + μ_j², shape (D,)
+                    var = torch.diagonal(cov).cpu().numpy() if isinstance(cov, torch.Tensor) else np.diag(cov)
+                    floor = storage_noise_floor(resolution, var * (n - 1) / n + acc.mean ** 2, n)
                     rows.append({"step": step, "layer": layer, "site": site, "bucket": name, "N": n, "D": D,
-                                 "N_over_D": n / D, **all_metrics(lam, alphas)})
+                                 "N_over_D": n / D, "noise_floor": floor,
+                                 **all_metrics(lam, alphas, noise_floor=floor)})
         print(f"spectra: step {step} done ({time.time() - t0:.0f}s)", flush=True)
     ds = xr.Dataset(
         {"eigenvalues": (("step", "layer", "site", "bucket", "mode"), eig),

@@ -75,7 +75,7 @@ def make_plan(study: DictConfig, versions: Mapping[str, int], where: Path | str 
         "tokens_per_bucket": probe["tokens_per_bucket"],
         "pooled_tokens": probe["pooled_tokens"],
         "min_bucket_tokens": probe["min_bucket_tokens"],
-        "edges": [1 / 3, 2 / 3],
+        "edges": probe["bucket_edges"], "rule": probe["bucket_rule"], "vocab_multiple": int(study.model.vocab_multiple),
     }
     buckets = _planned(versions, "buckets", bucket_spec, {"tokenize": tokenize.key}, "buckets")
     runtime = {k: to_container(study.train)[k] for k in SPEED_ONLY_TRAIN_FIELDS}

@@ -108,6 +108,7 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
     tmp.mkdir(parents=True)
     root = zarr.open_group(str(tmp / "acts.zarr"), mode="w")
     started = time.time()
+    compute_dtype = None  # dtype of the captured activations (bf16 under CUDA autocast): their true resolution
     for step in steps:
         state = torch.load(checkpoint_path(train_dir, step), map_location=device, weights_only=True)
         model.load_state_dict(state)
@@ -133,6 +134,7 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
                     with autocast_context(device, train_spec["train"]["precision"]):
                         model(x)
                     for (layer, site), act in captured.items():
+                        compute_dtype = compute_dtype or str(act.dtype).replace("torch.", "")
                         flat = act.reshape(-1, act.shape[-1])  # (B·T, D): row r is flat position lo + r
                         for name, idx in sets.items():
                             a, b = np.searchsorted(idx, [lo, hi])
@@ -147,7 +149,7 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
         print(f"activations: step {step} done ({time.time() - started:.0f}s)", flush=True)
     manifest = {
         "steps": steps, "layers": n_layers, "sites": sites, "sets": {k: int(len(v)) for k, v in sets.items()},
-        "D": ffn_dim, "dtype": dtype.name, "chunk_tokens": chunk_rows,
+        "D": ffn_dim, "dtype": dtype.name, "compute_dtype": compute_dtype or "float32", "chunk_tokens": chunk_rows,
         "bytes": int(sum(len(v) for v in sets.values()) * ffn_dim * dtype.itemsize * len(steps) * n_layers
                      * len(sites)),
         "probe_fingerprint": probe.fingerprint(),

@@ -147,6 +147,16 @@ def _betas(r: ReportInputs) -> Body:
     return b
 
 
+def _tii(r: ReportInputs) -> Body:
+    table = rt.tii_summary(r["ranks"])
+    if table.empty:
+        return Body(absent=True)
+    return Body(["Tail Integrity Index, as the authors' code logs it: the mean over layers of hard_post(TAIL) − "
+                 "hard_post(HEAD), here at each kept step and then the median over the last K logged steps (step 0: "
+                 "the untrained network). Closer to 0: rare tokens occupy as many directions as frequent ones."],
+                tables=[("TII by width multiplier (post site)", table)])
+
+
 def _perplexity(r: ReportInputs) -> Body:
     if r["ppl_by_width"].empty:
         return Body(absent=True)
@@ -237,6 +247,7 @@ SECTIONS: tuple[Section, ...] = (
                _fit_figure(plots.deltas, lambda r: delta_data(r["betas"], r["groups"])),
                missing="no Δ₁,₂ (needs soft and hard β)"),
     )),
+    Section("tii", "Tail Integrity Index", _tii, missing="No TII (needs HEAD and TAIL spectra at the post site)."),
     Section("perplexity", "Perplexity", _perplexity,
             missing="No validation perplexity (results/runs.csv has no run).", figures=(
         Figure("perplexity", "Validation perplexity vs width",

@@ -90,10 +90,28 @@ def paper_summary(paper: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def tii_summary(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Tail Integrity Index (the fit stage's `tii` rows): rows group (and seed, with several) × phase, columns width
+    multiplier, cells rounded to 2 decimals."""
+    if ranks.empty or "metric" not in ranks:
+        return pd.DataFrame()
+    sel = ranks[ranks["metric"] == "tii"]
+    if sel.empty:
+        return pd.DataFrame()
+    index = ["group_label"] + (["seed"] if sel["seed"].nunique() > 1 else []) + ["phase"]
+    wide = sel.pivot_table(index=index, columns="width_mult", values="median").round(2)
+    wide.columns = [f"{c}×" for c in wide.columns]
+    wide = wide.reset_index()
+    wide = wide.assign(_trained_first=wide["phase"] != "trained").sort_values(["group_label", "_trained_first"],
+                                                                               kind="stable")
+    return wide.drop(columns="_trained_first").rename(columns={"group_label": "group"}).reset_index(drop=True)
+
+
 def tokens_per_bucket(ranks: pd.DataFrame) -> pd.DataFrame:
     """N per bucket (the probe set is identical across runs, so min = max unless a run differs) and D range."""
     if ranks.empty:
         return pd.DataFrame()
+    ranks = ranks[ranks["bucket"].isin(ALL_SETS) & ranks["site"].isin(["pre", "post"])]  # measured rows, not TII or ρ
     g = ranks.groupby("bucket").agg(N_min=("N", "min"), N_max=("N", "max"), D_min=("D", "min"), D_max=("D", "max"),
                                     min_N_over_D=("N_over_D", "min")).reset_index()
     return bucket_sort(g).reset_index(drop=True)

@@ -5,11 +5,14 @@
             header[2] = number of tokens N; the rest is zero.
     body:   N × uint16 tokens.
 Our own tokenized corpora use the same format (``write_tokens`` / ``open_tokens``), so one reader serves both.
+Shard sets are read in place: ``ConcatTokens`` and ``BlockSplit`` are views over memory maps, never a copy of the
+corpus (``shard_manifest`` records which shards a tokenize run indexed).
 """
 
 from __future__ import annotations
 
 import glob
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +28,8 @@ HEADER_BYTES = HEADER_INTS * 4
 _HEADER_DTYPE = np.dtype("<i4")
 _TOKEN_DTYPE = np.dtype("<u2")
 _MAX_COUNT = 2**31 - 1  # the count is stored in an int32
+_PAGE = mmap.PAGESIZE  # bytes; the unit in which a memory map becomes resident
+RESIDENT_BUDGET_BYTES = 256 << 20  # ConcatTokens drops its mappings after touching this many bytes of pages
 
 
 class ShardFormatError(ValueError):
@@ -67,10 +72,10 @@ def write_bin_shard(path: str | Path, tokens: np.ndarray | Sequence[int]) -> Pat
     return path
 
 
-def read_bin_shard(path: str | Path) -> np.memmap:
-    """Memory-map a ``.bin`` shard's tokens, shape ``(N,)``, dtype uint16, read-only.
+def shard_token_count(path: str | Path) -> int:
+    """Validate a ``.bin`` shard's header against its file size and return its token count N.
 
-    Validates the magic number, the version, and that the file size is exactly ``1024 + 2·N`` bytes.
+    Checks the magic number, the version, and that the file is exactly ``1024 + 2·N`` bytes; reads only the header.
     """
     path = Path(path)
     if not path.is_file():
@@ -94,6 +99,13 @@ def read_bin_shard(path: str | Path) -> np.memmap:
         raise ShardFormatError(
             f"{path}: file is {what}: header gives {count} tokens, i.e. {expected} bytes, but the file has {size}"
         )
+    return count
+
+
+def read_bin_shard(path: str | Path) -> np.memmap:
+    """Memory-map a ``.bin`` shard's tokens, shape ``(N,)``, dtype uint16, read-only (validated by
+    ``shard_token_count``). Nothing is read until sliced."""
+    count = shard_token_count(path)
     return np.memmap(path, dtype=_TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
@@ -102,22 +114,41 @@ write_tokens = write_bin_shard
 
 
 class ConcatTokens:
-    """Several token arrays (e.g. memory-mapped FineWeb shards) seen as one sequence, without copying.
+    """Several token arrays (e.g. memory-mapped FineWeb shards) seen as one sequence, without copying the whole.
 
-    Supports ``len()`` and contiguous slicing with step 1 (``tokens[a:b]`` → a new ndarray), which is all that
-    ``TokenWindows`` and ``buckets.unigram_counts`` need; a slice may cross shard boundaries.
+    Supports ``len()`` and contiguous slicing with step 1, which is all that ``TokenWindows``, ``BlockSplit`` and
+    ``buckets.unigram_counts`` need: ``tokens[a:b]`` is a view when it lies inside one part (read-only over a memory
+    map), else a copy of just those ``b - a`` tokens. Offsets are int64 (FineWeb-10B is ~10^10 tokens, past int32).
+
+    Memory: pages of a memory-mapped file that a process has read count in its RSS until unmapped, so a scan over
+    20 GB of shards would show 20 GB resident (reclaimable, but RSS-based job accounting may kill the job). Every
+    ``resident_budget`` bytes of pages touched, the parts' mappings are dropped (madvise DONTNEED: the data stay in
+    the page cache and are faulted back on the next read), which bounds the resident set by the budget.
     """
 
-    def __init__(self, parts: Sequence[np.ndarray]):
+    def __init__(self, parts: Sequence[np.ndarray], resident_budget: int = RESIDENT_BUDGET_BYTES):
         if not parts:
             raise ValueError("ConcatTokens needs at least one array")
         self.parts = list(parts)
         self.dtype = np.result_type(*[p.dtype for p in self.parts])
         # starts[i] = global index of parts[i][0]; starts[-1] = total length.
-        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
+        self.starts = np.zeros(len(self.parts) + 1, dtype=np.int64)
+        self.starts[1:] = np.cumsum([len(p) for p in self.parts], dtype=np.int64)
+        self.resident_budget = int(resident_budget)
+        self.touched_bytes = 0  # page bytes touched since the last release (an upper bound: repeats count again)
+        self.releases = 0
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    def release(self) -> None:
+        """Drop this process's mappings of every memory-mapped part (their pages leave its RSS, not the cache)."""
+        for part in self.parts:
+            mm = getattr(part, "_mmap", None)  # np.memmap's underlying mmap.mmap; None for in-memory arrays
+            if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)
+        self.touched_bytes = 0
+        self.releases += 1
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice):
@@ -127,13 +158,68 @@ class ConcatTokens:
             raise ValueError("ConcatTokens supports only step-1 slices")
         if stop <= start:
             return np.zeros(0, dtype=self.dtype)
+        if self.touched_bytes > self.resident_budget:
+            self.release()
         first = int(np.searchsorted(self.starts, start, side="right")) - 1
         last = int(np.searchsorted(self.starts, stop, side="left")) - 1
-        pieces = [
-            self.parts[i][max(start - self.starts[i], 0) : min(stop, self.starts[i + 1]) - self.starts[i]]
-            for i in range(first, last + 1)
-        ]
+        pieces = []
+        for i in range(first, last + 1):
+            lo, hi = max(start - int(self.starts[i]), 0), min(stop, int(self.starts[i + 1])) - int(self.starts[i])
+            pieces.append(self.parts[i][lo:hi])
+            item = self.parts[i].dtype.itemsize  # whole pages: what the kernel maps
+            self.touched_bytes += (hi * item // _PAGE - lo * item // _PAGE + 1) * _PAGE
+        if len(pieces) == 1:
+            return np.asarray(pieces[0]).astype(self.dtype, copy=False)
         return np.concatenate(pieces).astype(self.dtype, copy=False)
+
+
+class BlockSplit:
+    """One side of the interleaved block split of a token stream, as a view (nothing is copied).
+
+    The stream is cut into blocks of ``block_tokens``; of every ``period`` consecutive blocks, blocks
+    ``[first, first + count)`` belong to this side. Local index i maps to the i-th stream position whose block is
+    selected, so the view equals ``stream[mask]`` with ``mask = (arange(L) // block_tokens) % period`` in that range
+    — the rule a materialised split would apply — for every stream length L (a last partial block included).
+    """
+
+    def __init__(self, tokens: np.ndarray | ConcatTokens, block_tokens: int, period: int, first: int, count: int):
+        if block_tokens < 1 or period < 1 or count < 1 or not 0 <= first <= period - count:
+            raise ValueError(f"bad block split: block_tokens={block_tokens}, period={period}, first={first}, "
+                             f"count={count} (need 0 <= first, first + count <= period)")
+        self.tokens = tokens
+        self.dtype = tokens.dtype
+        self.period_tokens = period * block_tokens  # P: stream tokens per period
+        self.offset = first * block_tokens  # where this side's span starts inside a period
+        self.span = count * block_tokens  # S: this side's tokens per full period
+        full, rem = divmod(len(tokens), self.period_tokens)
+        self._len = full * self.span + min(max(rem - self.offset, 0), self.span)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("BlockSplit supports only slices, e.g. tokens[a:b]")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("BlockSplit supports only step-1 slices")
+        if stop <= start:
+            return np.zeros(0, dtype=self.dtype)
+        S, P = self.span, self.period_tokens
+        pieces = []
+        for g in range(start // S, (stop - 1) // S + 1):  # one contiguous stream range per period touched
+            lo, hi = max(start, g * S) - g * S, min(stop, (g + 1) * S) - g * S
+            pieces.append(self.tokens[g * P + self.offset + lo : g * P + self.offset + hi])
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def interleaved_split(tokens: np.ndarray | ConcatTokens, block_tokens: int, val_every: int
+                      ) -> tuple[BlockSplit, BlockSplit]:
+    """(train, val) views: every ``val_every``-th block of ``block_tokens`` is validation, the others training."""
+    if val_every < 2:
+        raise ValueError(f"val_every must be >= 2, got {val_every}")
+    return (BlockSplit(tokens, block_tokens, val_every, 0, val_every - 1),
+            BlockSplit(tokens, block_tokens, val_every, val_every - 1, 1))
 
 
 def open_tokens(path: str | Path | Sequence[str | Path]) -> np.memmap | ConcatTokens:
@@ -166,7 +252,7 @@ class TokenWindows:
     and every token is an input exactly once. Number of windows: ``(len(tokens) - 1) // T``.
     """
 
-    def __init__(self, tokens: np.ndarray | ConcatTokens, seq_len: int):
+    def __init__(self, tokens: np.ndarray | ConcatTokens | BlockSplit, seq_len: int):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.tokens = tokens

@@ -1,8 +1,8 @@
 """Typed study spec: a preset from specs/, overridden by params.yaml, validated before anything runs.
 
 The resolved spec is the single source of truth: every run's spec is derived from it (sweep.py) and hashed into the
-run's key (cache.py). Sections whose fields never change a result (launcher) are kept apart so that editing them
-invalidates nothing.
+run's key (cache.py). Sections whose fields never change a result (launcher, cache) are kept apart so that editing
+them invalidates nothing.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class TrainSpec:
     keep_checkpoints: int = 5  # probe checkpoints: step 0 plus the last K logged steps
     keep_all_checkpoints: bool = False  # keep every logged step (β over training)
     val_tokens: int = 65536  # validation perplexity on the first val_tokens tokens of the val split
-    divergence_ratio: float = 1.5  # train loss above ratio × step-0 loss (or non-finite) → diverged
-    diverged_ppl: float = 1000.0  # paper's ×: final validation perplexity above this is diverged
+    diverged_ppl: float = 1000.0  # paper's ×: final validation perplexity above this is diverged (the default rule)
+    early_stop_loss_ratio: float = 0.0  # opt-in: stop (diverged) once train loss > ratio × step-0 loss; 0 = off
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
     # Not part of any key: they change speed, not results.
@@ -74,6 +74,8 @@ class ProbeSpec:
     tokens_per_bucket: int = 4096  # N per bucket (HEAD, MID, TAIL); recorded with every spectrum
     pooled_tokens: int = 8192  # N for the pooled (all-token) set
     min_bucket_tokens: int = 1000  # skip a bucket with fewer tokens (docs/science.md §5)
+    bucket_rule: str = "paper"  # paper (the authors' code) | mass (specscale's earlier rule); core/buckets.py
+    bucket_edges: List[float] = field(default_factory=lambda: [0.33, 0.67])  # occurrence-mass cuts (paper: 0.33, 0.67)
     sites: List[str] = field(default_factory=lambda: ["pre", "post"])
     dtype: str = "float32"  # activation storage dtype: float16 | float32
     chunk_tokens: int = 4096  # zarr chunk length along tokens
@@ -88,6 +90,9 @@ class FitSpec:
     bootstrap: int = 1000  # layer-resampling bootstrap draws (0 = off)
     reference_optimizer: str = "adamw"
     headline_site: str = "post"
+    # ρ_α = R_α(post)/R_α(pre): layer_median (per layer and step, then §6 as for any metric) | median_ratio (ratio of
+    # the §6 medians of post and pre); core/fit_study.py
+    rho_aggregation: str = "layer_median"
 
 
 @dataclass
@@ -130,6 +135,14 @@ class LauncherSpec:
 
 
 @dataclass
+class CacheSpec:
+    """What the launcher does with a finished run made by other code (its code fingerprint differs from today's, see
+    fingerprint.py). Never hashed, listed in no dvc.yaml stage's params: changing it invalidates nothing."""
+
+    on_code_change: str = "warn"  # warn: reuse and say so | recompute: compute again into the same key
+
+
+@dataclass
 class StudySpec:
     preset: str = MISSING
     data: DataSpec = field(default_factory=DataSpec)
@@ -141,6 +154,7 @@ class StudySpec:
     sweep: SweepSpec = field(default_factory=SweepSpec)
     ablations: Dict[str, AblationSpec] = field(default_factory=dict)
     launcher: LauncherSpec = field(default_factory=LauncherSpec)
+    cache: CacheSpec = field(default_factory=CacheSpec)
 
 
 CHOICES = {
@@ -150,8 +164,18 @@ CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "probe.dtype": ("float16", "float32"),
     "probe.keep_activations": ("none", "all", "post-last"),
+    "probe.bucket_rule": ("paper", "mass"),
     "launcher.cluster": ("local", "debug", "slurm"),
     "fit.headline_site": ("pre", "post"),
+    "fit.rho_aggregation": ("layer_median", "median_ratio"),
+    "cache.on_code_change": ("warn", "recompute"),
+}
+
+
+# Keys that were replaced: a spec still using one is told what replaced it.
+RENAMED = {
+    "train.divergence_ratio": "'train.early_stop_loss_ratio' (opt-in early stop, 0 = off; by default a run is "
+                              "diverged when its validation perplexity exceeds 'train.diverged_ppl', the paper's ×)",
 }
 
 
@@ -182,6 +206,8 @@ def _merge_file(base: DictConfig, path: Path, drop: tuple[str, ...] = ()) -> Dic
     except ConfigKeyError as err:
         full = str(err.full_key or err.key or "")
         parent, _, leaf = full.rpartition(".")
+        if full in RENAMED:
+            raise SpecError(f"{path}: key '{full}' is gone: use {RENAMED[full]}") from None
         raise SpecError(f"{path}: unknown key '{full}'{_did_you_mean(leaf, _keys_at(base, parent))}") from None
     except (ValidationError, OmegaConfBaseException) as err:
         msg = str(err).splitlines()[0]
@@ -244,6 +270,10 @@ def validate(cfg: DictConfig, path: Path) -> None:
         fail("data.paths", f"data.source '{cfg.data.source}' needs at least one path or glob")
     if cfg.data.source == "hf" and not cfg.data.hf_dataset:
         fail("data.hf_dataset", "data.source 'hf' needs a dataset name")
+    if cfg.train.early_stop_loss_ratio < 0 or 0 < cfg.train.early_stop_loss_ratio <= 1:
+        fail("train.early_stop_loss_ratio", "0 (off) or a ratio > 1 to the step-0 loss, e.g. 1.5")
+    if not cfg.train.diverged_ppl > 1:
+        fail("train.diverged_ppl", "must be > 1 (the paper's × is validation perplexity > 1000)")
     if not 0.0 <= cfg.train.decay_fraction <= 1.0:
         fail("train.decay_fraction", "must be in [0, 1]")
     if cfg.train.micro_batch_size and cfg.train.batch_size % cfg.train.micro_batch_size:
@@ -253,6 +283,9 @@ def validate(cfg: DictConfig, path: Path) -> None:
         fail("probe.sites", f"sites are 'pre' and/or 'post', got {list(cfg.probe.sites)}")
     if any(a < 0 for a in cfg.probe.alphas):
         fail("probe.alphas", "Rényi orders must be ≥ 0")
+    edges = list(cfg.probe.bucket_edges)
+    if len(edges) != 2 or not 0 < edges[0] < edges[1] < 1:
+        fail("probe.bucket_edges", f"two increasing mass fractions in (0, 1), e.g. [0.33, 0.67]; got {edges}")
 
     def check_arm(prefix: str, optimizers, widths, seeds, model_overrides: dict) -> None:
         for i, name in enumerate(optimizers or []):

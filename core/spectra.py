@@ -13,6 +13,12 @@ anything convertible). The conventions, shared by all metrics:
   (``numpy.linalg.matrix_rank`` convention) instead of always D. A spectrum with an empty support (a numerically
   zero covariance, e.g. a dead site) has every rank 0 and entropy −∞ (= ln 0).
 
+* **Storage noise** (α < 0.5 only). Activations stored as fp16/bf16 (or computed in bf16) carry rounding noise that
+  fills the null space of a rank-deficient covariance: a rank-64 input at D = 512 has R₀ = 64 from fp32 storage but
+  512 from bf16. ``all_metrics(..., noise_floor=storage_noise_floor(dtype, E[x²], N))`` removes eigenvalues at or
+  below that floor from the support of the orders α < ``SUPPORT_CUT_BELOW_ALPHA`` (derivation at
+  `storage_noise_floor`). Orders α ≥ 0.5, soft and hard rank included, keep the support above, unchanged.
+
 Rényi rank R_α = exp(H_α), H_α = ln(Σ p^α) / (1 − α), is computed in the log domain: ln Σ p^α = logsumexp(α ln p),
 so α = 200 with p ~ 1e-15 neither underflows to log(0) nor overflows. Limits: α = 0 → |support|, α = 1 → soft rank
 exp(−Σ p ln p), α = ∞ → 1 / max p. R_α is non-increasing in α, so hard (α = 2) ≤ soft (α = 1).
@@ -32,6 +38,16 @@ EIG_FLOOR = 1e-12
 # Below N = 4·D samples the hard rank of a D-dim covariance is biased low (too few samples); such spectra are flagged.
 MIN_N_OVER_D = 4.0
 
+# Machine epsilon (spacing of floats at 1.0) of each activation storage dtype: numpy has no bfloat16, so by name.
+STORAGE_EPS: dict[str, float] = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+# Orders below this get the storage-noise cut. Why 0.5: a flat rank-r signal plus D − r noise eigenvalues of relative
+# size q = p_noise/p_signal changes Σ p^α by the fraction ((D − r)/r)·q^α. For bf16 storage (q ≈ eps²/12 · r/D ≈
+# 6e-7 at r = 64, D = 512) that is 0.6% at α = 0.5 but 20% at α = 0.25 and 700% at α = 0 (fp16: 0.07%, 7%, 700%):
+# below 0.5 the noise decides the value, from 0.5 up it is a (sub-)percent bias, and a cut there would itself move
+# the fp32-stored α ≥ 0.5 numbers (soft and hard rank included) the study already has.
+SUPPORT_CUT_BELOW_ALPHA = 0.5
+
 # Rényi orders for α-curves (pre rank, post rank and reinjection against α; the paper's grid is unpublished,
 # docs/science.md §9). Dense below 2, where R_α changes fastest for heavy-tailed spectra, then roughly geometric up to 20,
 # plus the limit ∞. It contains the named points 0 (numerical rank), 0.5, 1 (soft), 2 (hard), 5 and ∞ (1 / max p).
@@ -42,15 +58,46 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5
 _ALPHA_ONE_BAND = 1e-4
 
 
-def _log_probabilities(eigs: ArrayLike) -> np.ndarray:
-    """ln p over the numerical support of the spectrum (see module docstring); shape (k,), k ≤ D, may be empty."""
+def storage_noise_floor(dtype: str, second_moments: ArrayLike, n_samples: int) -> float:
+    """Largest covariance eigenvalue that rounding the activations to `dtype` can create (same units as λ).
+
+    `second_moments` is E[x_j²] per unit j, shape (D,), *uncentred* (rounding error scales with |x|, not with x − μ);
+    `n_samples` is N. Derivation (docs/science.md §9):
+      * Rounding x to nearest with machine epsilon eps (2^-7 bf16, 2^-10 fp16, 2^-23 fp32) errs by at most half a
+        spacing, and the spacing at |x| = m·2^e (1 ≤ m < 2) is eps·2^e ≤ eps·|x|. The error is ≈ uniform over the
+        spacing: variance spacing²/12 ≤ eps²·x²/12. So unit j gets noise of variance σ_j² ≤ eps²/12 · E[x_j²].
+      * The errors of different entries are independent, so the noise Z (N×D) is Z = G·diag(σ) with G of unit-variance
+        independent entries. Its sample covariance diag(σ)·GᵀG/N·diag(σ) has largest eigenvalue ≤ max σ_j² ·
+        ‖GᵀG/N‖ and ‖GᵀG/N‖ → (1 + √(D/N))² (the Marchenko–Pastur edge). max_j, not the mean: the null space of a
+        rank-r signal is (D − r)-dimensional, and by interlacing its largest noise eigenvalue is at least the
+        (r + 1)-th largest σ_j², so units with large activations set the floor.
+      * The stored data are signal S plus Z; for a rank-r signal the (r + 1)-th and later singular values of S + Z
+        are at most σ_max(Z) (Weyl), so every eigenvalue the noise puts in the signal's null space is ≤ the floor.
+    Returns eps²/12 · max_j E[x_j²] · (1 + √(D/N))²; 0 for float64 storage is not special-cased (it is ≈ 1e-33).
+    """
+    if dtype not in STORAGE_EPS:
+        raise ValueError(f"unknown activation storage dtype {dtype!r}; valid: {sorted(STORAGE_EPS)}")
+    m2 = np.asarray(second_moments, dtype=np.float64).ravel()
+    if m2.size == 0 or not np.all(np.isfinite(m2)) or np.any(m2 < 0):
+        raise ValueError("second moments must be a non-empty vector of finite values >= 0")
+    if int(n_samples) < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    edge = (1.0 + math.sqrt(m2.size / int(n_samples))) ** 2
+    return STORAGE_EPS[dtype] ** 2 / 12.0 * float(m2.max()) * edge
+
+
+def _log_probabilities(eigs: ArrayLike, noise_floor: float = 0.0) -> np.ndarray:
+    """ln p over the numerical support of the spectrum (see module docstring), eigenvalues at or below `noise_floor`
+    (absolute) also left out; shape (k,), k ≤ D, may be empty."""
     lam = np.asarray(eigs, dtype=np.float64).ravel()
     if lam.size == 0:
         raise ValueError("empty eigenvalue vector")
     if not np.all(np.isfinite(lam)):
         raise ValueError("eigenvalues contain NaN or inf")
+    if not (math.isfinite(noise_floor) and noise_floor >= 0.0):
+        raise ValueError(f"noise_floor must be a finite number >= 0, got {noise_floor}")
     lam = np.maximum(lam, EIG_FLOOR)
-    threshold = max(EIG_FLOOR, lam.size * np.finfo(np.float64).eps * float(lam.max()))
+    threshold = max(EIG_FLOOR, lam.size * np.finfo(np.float64).eps * float(lam.max()), float(noise_floor))
     support = lam[lam > threshold]
     if support.size == 0:
         return support
@@ -149,15 +196,20 @@ def _build_metrics() -> dict[str, Callable[[ArrayLike], float]]:
 METRICS: dict[str, Callable[[ArrayLike], float]] = _build_metrics()
 
 
-def all_metrics(eigs: ArrayLike, alphas: Sequence[float] = DEFAULT_ALPHAS) -> dict[str, float]:
+def all_metrics(
+    eigs: ArrayLike, alphas: Sequence[float] = DEFAULT_ALPHAS, noise_floor: float = 0.0
+) -> dict[str, float]:
     """Every metric of one spectrum, normalising it once: the one path the pipeline, the tests and the benchmark use.
 
     Keys, in ranks.csv's column order: ``entropy`` (nats), ``renyi_<α>`` for each α of sorted(alphas ∪ {1, 2}), then
-    ``soft_rank`` (= R₁) and ``hard_rank`` (= R₂).
+    ``soft_rank`` (= R₁) and ``hard_rank`` (= R₂). `noise_floor` (absolute, λ's units; `storage_noise_floor` of the
+    activations' dtype) leaves eigenvalues at or below it out of the support of the orders α < 0.5 only; 0 = no cut.
     """
     log_p = _log_probabilities(eigs)
+    log_p_cut = _log_probabilities(eigs, noise_floor) if noise_floor != 0.0 else log_p  # (a bad floor fails there)
     out = {"entropy": _log_renyi_rank(log_p, 1.0)}
     for alpha in sorted({_check_alpha(a) for a in alphas} | {1.0, 2.0}):
-        out[renyi_metric_name(alpha)] = math.exp(_log_renyi_rank(log_p, alpha))
+        support = log_p_cut if alpha < SUPPORT_CUT_BELOW_ALPHA else log_p
+        out[renyi_metric_name(alpha)] = math.exp(_log_renyi_rank(support, alpha))
     out["soft_rank"], out["hard_rank"] = out["renyi_1"], out["renyi_2"]
     return out

@@ -1,18 +1,24 @@
-"""What `specscale plan` and `specscale status` print: what the study will compute, what it costs, and where each run
-stands (cached, queued, running, failed, partial). The runs and their keys themselves come from plan.py."""
+"""What `specscale plan` and `specscale status` print: what the study will compute, what it costs, where each run
+stands (cached, queued, running, failed, partial), which cached runs were made by other code, and (`--why`) why each
+run to compute is new. The runs and their keys themselves come from plan.py."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from specscale.cache import RunStore, read_json
+from specscale.fingerprint import files_text
 from specscale.model import flops_per_token
 from specscale.launch import _Attached
 from specscale.plan import PlannedRun, StudyPlan
 from specscale.shards import GPT2_VOCAB
 from specscale.train import kept_checkpoints, model_shape
 
+Code = Mapping[str, Mapping[str, str]]  # stage → today's code fingerprint {file: sha256} (stages/runner.py)
+ABSENT = "(absent)"
 
 
 def _vocab(spec: dict[str, Any]) -> int:
@@ -53,7 +59,21 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu: float = 0.4) -> None:
+def changed_runs(plan: StudyPlan, store: RunStore, code: Code | None) -> dict[str, dict[str, list[str]]]:
+    """{stage: {key: what differs}} for the finished runs of the plan made by other code than today's, or from an
+    input recomputed since (RunStore.changes); empty without `code`."""
+    if code is None:
+        return {}
+    out: dict[str, dict[str, list[str]]] = {}
+    for stage in plan.run_stages():
+        for run in plan.stage_runs(stage):
+            if store.is_done(stage, run.key) and (diff := store.changes(stage, run.key, code.get(stage))):
+                out.setdefault(stage, {})[run.key] = diff
+    return out
+
+
+def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu: float = 0.4,
+               code: Code | None = None) -> None:
     study = plan.study
     print(f"preset {study.preset}: {len(plan.train)} training runs "
           f"({sum('main' in r.point.arms for r in plan.train)} in the main sweep)")
@@ -78,10 +98,12 @@ def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu:
     print(f"  activations  zarr, transient             {_bytes(totals['activation_bytes'])} "
           f"(kept afterwards: {keep}; peak on one node is one run's share)")
     print(f"  spectra      eigenvalues (float64)       {_bytes(totals['spectra_bytes'])}")
+    changed = changed_runs(plan, store, code)
     for stage in plan.run_stages():
         runs = plan.stage_runs(stage)
         done = sum(store.is_done(stage, r.key) for r in runs)
-        print(f"  {stage:<12} {done}/{len(runs)} cached")
+        other = f" ({len(changed[stage])} made by other code)" if stage in changed else ""
+        print(f"  {stage:<12} {done}/{len(runs)} cached{other}")
 
 
 def run_state(store: RunStore, stage: str, key: str, records: dict[str, Any]) -> tuple[str, str]:
@@ -103,7 +125,9 @@ def run_state(store: RunStore, stage: str, key: str, records: dict[str, Any]) ->
     return "missing", ""
 
 
-def print_status(plan: StudyPlan, store: RunStore) -> None:
+def print_status(plan: StudyPlan, store: RunStore, code: Code | None = None, on_code_change: str = "warn") -> None:
+    """Each stage's counts by state, every run not cached, and every cached run made by other code (with `code`)."""
+    changed = changed_runs(plan, store, code)
     for stage in plan.run_stages():
         jobs = store.root / ".jobs" / f"{stage}.json"
         records = read_json(jobs) if jobs.exists() else {}
@@ -114,4 +138,93 @@ def print_status(plan: StudyPlan, store: RunStore) -> None:
         for run, state, detail in states:
             if state != "cached":
                 print(f"  {state:<8} {run.label:<34} {run.key} {detail}")
+        if stage in changed:
+            fate = "recomputed at the next launch" if on_code_change == "recompute" else "reused"
+            print(f"  {len(changed[stage])} cached made by other code ({fate}: cache.on_code_change is "
+                  f"{on_code_change}): {files_text(changed[stage].values())}")
+            for run in runs:
+                if run.key in changed[stage]:
+                    print(f"  {'other code':<10} {run.label:<34} {run.key} {', '.join(changed[stage][run.key])}")
+
+
+# --- why does this run compute? -------------------------------------------------------------------------------------
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{'model.d_model': 64, ...}: mappings are walked, anything else (lists too) is one value."""
+    if not isinstance(obj, Mapping):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _hashed(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a run's spec.json that enter its key, flattened (`runtime` is never hashed); JSON-normalised so
+    a planned spec (tuples, inf) compares equal to its written copy."""
+    return flatten(json.loads(json.dumps({k: v for k, v in spec.items() if k != "runtime"}, default=str)))
+
+
+def spec_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted path, old value, new value) for every hashed field that differs; ABSENT where a side lacks it."""
+    a, b = _hashed(old), _hashed(new)
+    return [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b))
+            if a.get(k, ABSENT) != b.get(k, ABSENT)]
+
+
+def nearest_run(candidates: Mapping[str, Mapping[str, Any]], spec: Mapping[str, Any]
+                ) -> tuple[str, list[tuple[str, Any, Any]]] | None:
+    """The finished run (key → its spec.json) that differs from `spec` in the fewest hashed fields, with those
+    fields; ties go to the smaller key. None without candidates."""
+    best = None
+    for key in sorted(candidates):
+        diff = spec_diff(candidates[key], spec)
+        if best is None or len(diff) < len(best[1]):
+            best = (key, diff)
+    return best
+
+
+def _value(v: Any) -> str:
+    return v if v == ABSENT else json.dumps(v, default=str)
+
+
+def why_lines(stage: str, run: PlannedRun, candidates: Mapping[str, Mapping[str, Any]],
+              labels: Mapping[str, str] | None = None) -> list[str]:
+    """Why `run` computes: its nearest finished run of the stage and each spec field that differs, or 'never
+    computed'. `labels` (run key → label) names a new input run: 'inputs.train: "a…" → "b…" (adamw k=4 seed=0)'."""
+    near = nearest_run(candidates, run.spec)
+    if near is None:
+        return [f"never computed: no finished {stage} run"]
+    key, diff = near
+    if not diff:
+        return [f"nearest finished run {key} has the same spec: the key differs by the stage version "
+                f"(stages/table.py) or by how keys are made"]
+    lines = [f"nearest finished run {key} differs in {len(diff)} field{'s' if len(diff) > 1 else ''}:"]
+    labels = labels or {}
+    return lines + [f"  {path}: {_value(old)} → {_value(new)}" + (f" ({labels[new]})" if isinstance(new, str) and new in labels else "")
+                    for path, old, new in diff]
+
+
+def print_why(plan: StudyPlan, store: RunStore, code: Code | None = None, on_code_change: str = "warn") -> None:
+    """For each run the next launch computes: why (why_lines); for each cached run made by other code: the files."""
+    changed = changed_runs(plan, store, code)
+    labels = {r.key: r.label if r.label.startswith(s) else f"{s} {r.label}"
+              for s in plan.run_stages() for r in plan.stage_runs(s)}
+    print(f"why (cache.on_code_change: {on_code_change}):")
+    for stage in plan.run_stages():
+        other = changed.get(stage, {})
+        todo = [r for r in plan.stage_runs(stage) if not store.is_done(stage, r.key)
+                or (on_code_change == "recompute" and r.key in other)]
+        reused = [r for r in plan.stage_runs(stage) if r.key in other and on_code_change != "recompute"]
+        print(f"[{stage}] {len(todo)} to compute" + (f", {len(reused)} cached made by other code" if reused else ""))
+        if todo:
+            candidates = {k: store.load_spec(stage, k) for k in store.finished_keys(stage)}
+        for run in todo:
+            print(f"  {run.label} (key {run.key})")
+            reasons = ([f"made by other code, recomputed: {', '.join(other[run.key])}"] if run.key in other
+                       else why_lines(stage, run, candidates, labels))
+            print("\n".join(f"    {line}" for line in reasons))
+        for run in reused:
+            print(f"  {run.label} (key {run.key}) cached, made by other code: {', '.join(other[run.key])}")
 

@@ -65,9 +65,11 @@ class RunPoint:
 
 
 def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path,
-                    arm_name: str | None = None) -> dict[str, Any]:
-    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's; unknown keys fail here."""
-    from specscale.optim import default_hparams, parse_optimizer_name
+                    arm_name: str | None = None, d_model: int | None = None) -> dict[str, Any]:
+    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's; unknown keys fail here. Lion lrs
+    left tied (None) become numbers for `d_model` (default: the study's), so the run spec shows what runs."""
+    from specscale.optim.defaults import default_hparams, parse_optimizer_name, resolve_lr_ties
+    from specscale.optim.matrix_base import DTYPES
 
     family, _ = parse_optimizer_name(name)
     hparams = default_hparams(name)
@@ -84,8 +86,11 @@ def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, wh
                 if hkey == "rank_fraction":  # the factory rejects a fraction that contradicts the name
                     raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': choose the Dion rank fraction through "
                                     f"the optimizer name (e.g. dion_1_4), not an override")
+                if hkey.endswith("_dtype") and str(value).removeprefix("torch.") not in DTYPES:
+                    raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': {value!r} is not a dtype name; "
+                                    f"valid: {', '.join(sorted(DTYPES))}")
                 hparams[hkey] = value
-    return hparams
+    return resolve_lr_ties(name, hparams, int(study.model.d_model if d_model is None else d_model))
 
 
 def _check_optim_keys(keys, prefix: str, where: Path) -> None:
@@ -119,12 +124,19 @@ def base_run_spec(study: DictConfig) -> dict[str, Any]:
     return {"data": to_container(study.data), "model": to_container(study.model), "train": train}
 
 
+# Train fields that choose which checkpoints are kept (measured), not what is trained: they change the key but not
+# the labels, so the matched-loss arm that keeps every checkpoint still reads 'steps=12000' (its family and the
+# paper's setting text).
+CHECKPOINT_ONLY_TRAIN_FIELDS = ("train.keep_all_checkpoints", "train.keep_checkpoints")
+
+
 def _resolved_labels(varied: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Labels name what a run is: a relative arm (train.steps_multiplier) is labelled by the steps it resolved to, so
     the matched-loss family, the paper's settings ('steps=12000') and the labels read the same however it was asked."""
-    if "train.steps_multiplier" not in varied:
-        return varied
-    out = {k: v for k, v in varied.items() if k != "train.steps_multiplier"}
+    out = {k: v for k, v in varied.items() if k not in CHECKPOINT_ONLY_TRAIN_FIELDS}
+    if "train.steps_multiplier" not in out:
+        return out
+    out.pop("train.steps_multiplier")
     out["train.steps"] = spec["train"]["steps"]
     return out
 
@@ -159,7 +171,7 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
                 multiplier = spec["train"].pop("steps_multiplier")  # relative to the base: resolved, not hashed
                 spec["train"]["steps"] = max(1, int(round(spec["train"]["steps"] * multiplier)))
                 spec["model"]["ffn_mult"] = int(width)
-                hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name)
+                hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name, spec["model"]["d_model"])
                 spec["optim"] = {"name": str(opt), "hparams": hparams}
                 spec["seed"] = int(seed)
                 key = stable_hash(spec)

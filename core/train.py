@@ -1,5 +1,11 @@
 """One training run: resumable, logged, divergence-aware. Called by the train stage inside a submitit job.
 
+Divergence (result.json's `diverged` and `diverged_reason`): the paper's × is a final validation perplexity above
+`train.diverged_ppl` (1000); the reason then starts "validation perplexity". A non-finite training loss ends training
+at once (the weights are no longer numbers) and is the same rule: the perplexity is infinite. The opt-in early stop
+(`train.early_stop_loss_ratio` > 0) also ends a run whose training loss exceeds ratio × its step-0 loss; the reason
+then starts "early stop".
+
 Files written into the run's work dir:
   log.jsonl           one line per logged step: step, loss, lr factor, tokens/s, elapsed
   ckpt/step_XXXXXX.pt model weights only, at step 0 and the kept logged steps (the probe's checkpoints)
@@ -23,7 +29,8 @@ from specscale import distributed
 from specscale.distributed import DistContext
 from specscale.model import GPT, ModelShape
 from specscale.optim import build_optimizer, roles_from_names
-from specscale.shards import TokenWindows, open_tokens
+from specscale.shard_manifest import open_splits
+from specscale.shards import TokenWindows
 
 RESUME_FILE = "resume.pt"
 CHECKPOINT_DIR = "ckpt"
@@ -115,8 +122,9 @@ class Trainer:
         self.device = device
         meta = json.loads((tokens_dir / "tokens.json").read_text())
         self.vocab_size = int(meta["vocab_size"])
-        self.train_windows = TokenWindows(open_tokens(tokens_dir / "train.bin"), self.train_cfg["seq_len"])
-        self.val_windows = TokenWindows(open_tokens(tokens_dir / "val.bin"), self.train_cfg["seq_len"])
+        train_tokens, val_tokens = open_splits(tokens_dir)  # memory-mapped in place; shards re-checked
+        self.train_windows = TokenWindows(train_tokens, self.train_cfg["seq_len"])
+        self.val_windows = TokenWindows(val_tokens, self.train_cfg["seq_len"])
         self.model = build_model(spec, self.vocab_size, device)
         # Forward/backward through DDP (averages gradients over ranks); the optimizer acts on the raw parameters.
         self.forward_model = (torch.nn.parallel.DistributedDataParallel(self.model) if ctx.active else self.model)
@@ -177,6 +185,24 @@ def train_run(spec: dict[str, Any], work: Path, tokens_dir: Path, threads: int =
         distributed.teardown(ctx)
 
 
+def _load_resume(path: Path, device: torch.device, main: bool) -> dict[str, Any] | None:
+    """The resume state, or None (fresh start) when there is none or it is unreadable: a damaged resume.pt (a disk
+    that filled up, a copy cut short) costs the steps since the start, never the run."""
+    if not path.exists():
+        return None
+    try:
+        # weights_only: the resume state is tensors and Python scalars (no pickled objects, no RNG state: batches are
+        # a function of (seed, step) and nothing draws from a global generator after the init), so no code runs on load
+        state = torch.load(path, map_location=device, weights_only=True)
+        _ = state["model"], state["optimizer"], state["step"], state["initial_loss"]
+        return state
+    except Exception as err:  # any unreadable or incomplete file: the run restarts, it never fails on its own state
+        if main:
+            print(f"WARNING: {path} is unreadable ({type(err).__name__}: {str(err)[:120]}); restarting this run "
+                  f"from step 0", flush=True)
+        return None
+
+
 def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.device, ctx: DistContext,
            resume_every: int, progress_every_s: float) -> dict[str, Any]:
     cfg = spec["train"]
@@ -191,10 +217,10 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
         for stale in ckpt_dir.glob("*.tmp"):  # a kill inside _save_atomic leaves one; never publish it
             stale.unlink()
     log_path = work / "log.jsonl"
-    start_step, initial_loss, diverged, reason = 0, None, False, None
+    start_step, initial_loss, diverged, reason, weights_finite = 0, None, False, None, True
     resume_path = work / RESUME_FILE
-    if resume_path.exists():
-        state = torch.load(resume_path, map_location=device, weights_only=False)
+    state = _load_resume(resume_path, device, main)
+    if state is not None:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         start_step, initial_loss = state["step"], state["initial_loss"]
@@ -215,8 +241,9 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
         tokens_done += tokens_per_step
         if initial_loss is None:
             initial_loss = loss
-        if not math.isfinite(loss) or loss > cfg["divergence_ratio"] * initial_loss:
-            diverged, reason = True, f"train loss {loss:.4g} at step {step} (step-0 loss {initial_loss:.4g})"
+        reason = _stop_reason(loss, step, initial_loss, cfg["early_stop_loss_ratio"])
+        if reason:
+            diverged, weights_finite = True, math.isfinite(loss)
             if main:
                 print(f"diverged: {reason}", flush=True)
             break
@@ -236,11 +263,12 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
                 _save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                               "step": step, "initial_loss": initial_loss}, resume_path)
             distributed.barrier(ctx)
-    val_loss = float("nan") if diverged else evaluate(
-        trainer.model, trainer.val_windows, cfg["val_tokens"], trainer.micro_batch, device, cfg["precision"], ctx)
+    # An early stop keeps finite weights, so its perplexity is still measured; after a non-finite loss it is ∞.
+    val_loss = evaluate(trainer.model, trainer.val_windows, cfg["val_tokens"], trainer.micro_batch, device,
+                        cfg["precision"], ctx) if weights_finite else float("nan")
     val_ppl = math.exp(val_loss) if math.isfinite(val_loss) and val_loss < 700 else float("inf")
     if not diverged and val_ppl > cfg["diverged_ppl"]:
-        diverged, reason = True, f"validation perplexity {val_ppl:.1f} > {cfg['diverged_ppl']}"
+        diverged, reason = True, f"validation perplexity {val_ppl:.1f} > {cfg['diverged_ppl']:g}"
     result = {
         "val_loss": val_loss, "val_ppl": val_ppl, "diverged": diverged, "diverged_reason": reason,
         "steps_done": step, "tokens_seen": step * tokens_per_step, "n_params": trainer.model.num_params(),
@@ -252,6 +280,17 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
     (work / "result.json").write_text(json.dumps(result, indent=2))
     print(f"done: val loss {val_loss:.4f} ppl {val_ppl:.2f}{' DIVERGED' if diverged else ''}", flush=True)
     return {**result, "device": str(device), "world_size": ctx.world_size}
+
+
+def _stop_reason(loss: float, step: int, initial_loss: float, early_stop_ratio: float) -> str | None:
+    """Why training must end after `step` (None: go on). A non-finite loss always ends it; the loss ratio only when
+    the early stop is on (ratio > 0)."""
+    if not math.isfinite(loss):
+        return f"validation perplexity not finite: train loss {loss} at step {step}, training stopped"
+    if early_stop_ratio > 0 and loss > early_stop_ratio * initial_loss:
+        return (f"early stop: train loss {loss:.4g} at step {step} > {early_stop_ratio:g} × step-0 loss "
+                f"{initial_loss:.4g}")
+    return None
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 from specscale.fit import fit_points_cli
 from specscale.plan import StudyPlan
 from specscale.spec import SpecError
-from specscale.stages.runner import load_plan, run_stage
+from specscale.stages.runner import fingerprints, load_plan, run_stage
 from specscale.stages.table import BY_NAME, STAGES
-from specscale.status import print_plan, print_status
+from specscale.status import print_plan, print_status, print_why
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -24,13 +24,19 @@ def _stage(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     plan, store = load_plan(args.params)
-    print_plan(plan, store, gpu_tflops=args.gpu_tflops, mfu=args.mfu)
+    code = fingerprints()
+    print_plan(plan, store, gpu_tflops=args.gpu_tflops, mfu=args.mfu, code=code)
+    if args.why:
+        print_why(plan, store, code, plan.study.cache.on_code_change)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     plan, store = load_plan(args.params)
-    print_status(plan, store)
+    code, policy = fingerprints(), plan.study.cache.on_code_change
+    print_status(plan, store, code, policy)
+    if args.why:
+        print_why(plan, store, code, policy)
     return 0
 
 
@@ -65,6 +71,10 @@ def _fit_points(args: argparse.Namespace) -> int:
     return fit_points_cli(args.file, args.out)
 
 
+WHY_HELP = ("for each run to compute, the nearest finished run of its stage and the spec fields that differ (or the "
+            "code files that changed, or 'never computed')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specscale", description=__doc__)
     parser.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
@@ -75,8 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="list every run with FLOPs, GPU-hours and bytes to store")
     p.add_argument("--gpu-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100: 989)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
+    p.add_argument("--why", action="store_true", help=WHY_HELP)
     p.set_defaults(func=_plan)
-    sub.add_parser("status", help="state of every run: cached, queued, running, failed").set_defaults(func=_status)
+    p = sub.add_parser("status", help="state of every run: cached (and by which code), queued, running, failed")
+    p.add_argument("--why", action="store_true", help=WHY_HELP)
+    p.set_defaults(func=_status)
     p = sub.add_parser("gc", help="remove runs no longer in the sweep (dry run unless --yes)")
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=_gc)

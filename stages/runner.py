@@ -9,11 +9,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from specscale.cache import RunStore
+from specscale.fingerprint import CodeRef, ModuleGraph, package_dirs
 from specscale.launch import Launcher, Task
 from specscale.plan import StudyPlan, make_plan
 from specscale.remote import RemoteError, restore_runs
 from specscale.spec import load_study
-from specscale.stages.table import VERSIONS, Stage
+from specscale.stages.table import STAGES, VERSIONS, Stage
 
 
 def project_root() -> Path:
@@ -32,6 +33,18 @@ def load_plan(params: str | Path | None = None) -> tuple[StudyPlan, RunStore]:
     return plan_study(load_study(params_path), params_path), RunStore(root)
 
 
+def stage_code(stage: Stage) -> CodeRef:
+    """The code a stage runs: its script and every specscale module it imports (core cannot find the stage
+    scripts itself: it never imports them, so their folder comes from here)."""
+    return CodeRef.of(stage.module, package_dirs(Path(__file__).resolve().parent))
+
+
+def fingerprints() -> dict[str, dict[str, str]]:
+    """Today's code fingerprint of every stage that owns runs: {stage: {file: sha256}} (one graph for all)."""
+    graph = ModuleGraph(package_dirs(Path(__file__).resolve().parent))
+    return {s.name: graph.fingerprint(s.module) for s in STAGES if s.kind != "aggregate"}
+
+
 def run_stage(stage: Stage, plan: StudyPlan, store: RunStore) -> int:
     """Run a stage: a single-run stage in this process (the debug path tests use), a fan-out stage's selected runs
     through the launcher, an aggregate stage's main. Returns the exit code."""
@@ -47,7 +60,8 @@ def run_stage(stage: Stage, plan: StudyPlan, store: RunStore) -> int:
         runs = [r for r in runs if r.key in ready]
     restore_from_remote(stage.name, [r.key for r in runs], store)
     tasks = [Task(r.key, r.label, r.spec) for r in runs]
-    return Launcher(stage.name, stage.entry, store, launcher).run(tasks).exit_code
+    return Launcher(stage.name, stage.entry, store, launcher, code=stage_code(stage),
+                    on_code_change=plan.study.cache.on_code_change).run(tasks).exit_code
 
 
 def restore_from_remote(stage: str, keys: list[str], store: RunStore) -> None:

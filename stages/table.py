@@ -34,11 +34,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("buckets", "single", 1, buckets.run_one, module=buckets.__name__),
     Stage("train", "fan_out", 1, train.run_one, module=train.__name__),
     Stage("activations", "fan_out", 1, activations.run_one, activations.select, module=activations.__name__),
-    Stage("spectra", "fan_out", 1, spectra.run_one, spectra.select, module=spectra.__name__),
+    Stage("spectra", "fan_out", 2, spectra.run_one, spectra.select, module=spectra.__name__),
     Stage("fit", "aggregate", 1, fit.main, module=fit.__name__),
     Stage("compare", "aggregate", 1, compare.main, module=compare.__name__),
     Stage("report", "aggregate", 1, report.main, module=report.__name__),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 # Run keys hash the version of the stage that made them (aggregate stages own no runs; their version is informative).
+# spectra 2: ranks.csv gains `noise_floor`; orders α < 0.5 cut storage-rounding noise (docs/science.md §9).
 VERSIONS: dict[str, int] = {s.name: s.version for s in STAGES}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from specscale.integrity import CONTENTS_FILE, damaged_files, file_digest, set_aside_if_damaged
 from specscale.cache import (
     KEY_LENGTH,
     PROVENANCE_FILE,
@@ -99,7 +100,7 @@ def test_begin_commit_is_atomic(tmp_path: Path) -> None:
     assert final == store.final_dir("train", "k1")
     assert not work.exists()  # renamed, not copied
     assert store.is_done("train", "k1")
-    assert sorted(p.name for p in final.iterdir()) == sorted([SUCCESS, SPEC_FILE, PROVENANCE_FILE, "weights.pt"])
+    assert sorted(p.name for p in final.iterdir()) == sorted([SUCCESS, CONTENTS_FILE, SPEC_FILE, PROVENANCE_FILE, "weights.pt"])
     assert read_json(final / SPEC_FILE) == SPEC == store.load_spec("train", "k1")
     assert (final / "weights.pt").read_bytes() == b"w"
     prov = read_json(final / PROVENANCE_FILE)
@@ -155,7 +156,7 @@ def test_leftover_final_dir_without_success_is_never_done_and_replaced(tmp_path:
     (work / "full.pt").write_bytes(b"full")
     final = store.commit("train", "k2", "cpu", 1.0)
     assert store.is_done("train", "k2")
-    assert sorted(p.name for p in final.iterdir()) == sorted([SUCCESS, SPEC_FILE, PROVENANCE_FILE, "full.pt"])
+    assert sorted(p.name for p in final.iterdir()) == sorted([SUCCESS, CONTENTS_FILE, SPEC_FILE, PROVENANCE_FILE, "full.pt"])
     assert read_json(final / SPEC_FILE) == SPEC
 
 
@@ -199,3 +200,61 @@ def test_finished_keys(tmp_path: Path) -> None:
     assert store.finished_keys("train") == {"a", "c"}
     assert store.finished_keys("spectra") == set()
     assert store.is_done("train", "a") and not store.is_done("train", "b") and not store.is_done("train", "stray")
+
+
+# --- what a finished run holds (integrity.py) --------------------------------------------------------------------
+def _committed(tmp_path: Path, files: dict[str, bytes]) -> RunStore:
+    store = RunStore(tmp_path)
+    work = store.begin("train", "k1", SPEC)
+    for name, data in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(data)
+    store.commit("train", "k1", device="cpu", wall_time_s=1.0)
+    return store
+
+
+def test_an_intact_run_has_no_damaged_files_and_stays(tmp_path: Path) -> None:
+    store = _committed(tmp_path, {"ckpt/a.pt": b"x" * 10, "big.bin": bytes(range(256)) * 20_000})
+    final = store.final_dir("train", "k1")
+    assert damaged_files(final) == []
+    assert set_aside_if_damaged(store.root, "train", "k1") is None and store.is_done("train", "k1")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip head", "flip tail", "remove", "edit spec"])
+def test_a_damaged_file_is_named_and_the_run_set_aside_not_deleted(tmp_path: Path, damage: str) -> None:
+    big = bytes(range(256)) * 20_000  # 5 MB: digested by size and its first and last MiB
+    store = _committed(tmp_path, {"big.bin": big})
+    final = store.final_dir("train", "k1")
+    target = final / ("spec.json" if damage == "edit spec" else "big.bin")
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        target.write_bytes(bytes(data[:-1]))
+    elif damage.startswith("flip"):
+        data[3 if damage == "flip head" else -3] ^= 0x01
+        target.write_bytes(bytes(data))
+    elif damage == "remove":
+        target.unlink()
+    else:
+        target.write_text(target.read_text().replace('"lr": 0.003', '"lr": 0.03'))
+    assert damaged_files(final) == [target.name]
+    warning = set_aside_if_damaged(store.root, "train", "k1")
+    assert f"runs/train/k1/{target.name}" in warning and "computed again" in warning
+    assert not final.exists() and not store.is_done("train", "k1")
+    aside = list((store.root / ".quarantine" / "train").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith("k1-") and (aside[0] / CONTENTS_FILE).exists()
+
+
+def test_digest_reads_only_the_ends_of_a_large_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * (3 << 20))
+    before = file_digest(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] = ord("b")  # the middle of a large file is left to its format's own checks (documented)
+    path.write_bytes(bytes(data))
+    assert file_digest(path) == before and before.startswith(f"{3 << 20}:")
+
+
+def test_runs_committed_before_the_contents_record_are_trusted(tmp_path: Path) -> None:
+    store = _committed(tmp_path, {"w.pt": b"w"})
+    (store.final_dir("train", "k1") / CONTENTS_FILE).unlink()
+    assert damaged_files(store.final_dir("train", "k1")) == []

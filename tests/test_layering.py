@@ -4,60 +4,26 @@ every document the code cites exists."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import yaml
 
+from specscale.fingerprint import ModuleGraph, package_dirs
 from specscale.stages.table import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = {"specscale": REPO / "core", "specscale.optim": REPO / "core/optim", "specscale.stages": REPO / "stages"}
+# the source tree's import graph, built by the same code that fingerprints the code a run depends on
+SOURCE = ModuleGraph(PACKAGE_DIRS)
+MODULES = SOURCE.files  # module name → file
+GRAPH = SOURCE.imports  # module name → the specscale modules it imports anywhere in its file
+_closure = SOURCE.closure
 
 
-def _module_files() -> dict[str, Path]:
-    """Module name → file, for every module of the installed package (pyproject's package-dir mapping)."""
-    out = {}
-    for package, folder in PACKAGE_DIRS.items():
-        for path in sorted(folder.glob("*.py")):
-            out[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
-    return out
-
-
-MODULES = _module_files()
-
-
-def _imports(name: str) -> set[str]:
-    """specscale modules that `name` imports anywhere in its file (module level or inside functions)."""
-    path = MODULES[name]
-    package = name if path.stem == "__init__" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        targets = []
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from .x import y
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
-        found |= {t for t in targets if t in MODULES and t != name}
-    return found
-
-
-GRAPH = {name: _imports(name) for name in MODULES}
-
-
-def _closure(start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for dep in GRAPH[todo.pop()]:
-            if dep not in seen:
-                seen.add(dep)
-                todo.append(dep)
-    return seen
+def test_fingerprints_read_this_source_tree() -> None:
+    """The runner fingerprints the installed package (editable install): the same folders the checks here read."""
+    assert package_dirs(REPO / "stages") == {k: v.resolve() for k, v in PACKAGE_DIRS.items()}
 
 
 def test_core_never_imports_the_stage_scripts() -> None:

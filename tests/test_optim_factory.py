@@ -116,7 +116,7 @@ def test_parse_optimizer_name() -> None:
 
 
 def test_default_hparams_exact_and_json() -> None:
-    lion = {"lion_betas": [0.95, 0.98], "lion_weight_decay": 0.0, "embed_lr": 0.02, "head_lr": None, "other_lr": 0.02}
+    lion = {"lion_betas": [0.95, 0.98], "lion_weight_decay": 0.0, "embed_lr": None, "head_lr": None, "other_lr": None}
     muon = {
         "lr": 0.02,
         "momentum": 0.95,
@@ -151,6 +151,8 @@ def test_default_hparams_exact_and_json() -> None:
         "rank_fraction": 0.125,
         "eps": 1e-8,
         "q_seed": 0,
+        "state_dtype": "float32",
+        "q_dtype": "float32",
         **lion,
     }
     for name in ALL_NAMES:
@@ -175,9 +177,11 @@ def test_class_defaults_are_the_run_spec_defaults() -> None:
     assert set(_signature_defaults(NorMuon)) == set(_signature_defaults(Muon)) | {"beta2", "eps"}
     dion_args = {("q_seed" if k == "seed" else k): v for k, v in _signature_defaults(Dion).items()}
     assert dion_args == {k: dion[k] for k in dion_args}
-    assert set(dion_args) == {"lr", "momentum", "weight_decay", "scale_rule", "rank_fraction", "eps", "q_seed"}
+    assert set(dion_args) == {
+        "lr", "momentum", "weight_decay", "scale_rule", "rank_fraction", "eps", "q_seed", "state_dtype", "q_dtype"
+    }
     assert _signature_defaults(Lion) == {
-        "lr": muon["embed_lr"],
+        "lr": muon["lr"],  # the Lion lrs are tied to lr (defaults.resolve_lr_ties)
         "betas": tuple(muon["lion_betas"]),
         "weight_decay": muon["lion_weight_decay"],
     }

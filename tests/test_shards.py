@@ -1,4 +1,4 @@
-"""``.bin`` shard reader/writer, multi-shard view, and the TokenWindows sampler."""
+"""``.bin`` shard reader/writer, multi-shard and block-split views, and the TokenWindows sampler."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from specscale.shards import (
     ConcatTokens,
     ShardFormatError,
     TokenWindows,
+    interleaved_split,
     open_tokens,
     read_bin_shard,
     write_bin_shard,
@@ -155,3 +156,95 @@ def test_windows_over_concatenated_shards(tmp_path: Path) -> None:
     assert tw.num_windows == 3
     x, y = tw.batch([1])  # crosses the shard boundary at 15
     assert x[0].tolist() == list(range(10, 20)) and y[0].tolist() == list(range(11, 21))
+
+
+# --- streams over shards: int64 offsets, bounded resident set, the block split as a view -------------------------
+
+
+def test_concat_tokens_offsets_past_int32() -> None:
+    # Three zero-stride parts of 2^31 + 5 tokens each (no memory behind them): offsets past 2^32 must stay exact.
+    n = 2**31 + 5
+    parts = [np.broadcast_to(np.uint16(v), (n,)) for v in (1, 2, 3)]
+    seq = ConcatTokens(parts)
+    assert seq.starts.dtype == np.int64 and len(seq) == 3 * n
+    assert seq[n - 2 : n + 3].tolist() == [1, 1, 2, 2, 2]
+    assert seq[2 * n - 1 : 2 * n + 1].tolist() == [2, 3]
+    assert seq[3 * n - 2 :].tolist() == [3, 3]
+
+
+def test_concat_tokens_slice_in_one_shard_is_a_view(tmp_path: Path) -> None:
+    write_bin_shard(tmp_path / "a.bin", np.arange(0, 100))
+    write_bin_shard(tmp_path / "b.bin", np.arange(100, 200))
+    seq = open_tokens(tmp_path)
+    inside = seq[10:20]
+    assert not inside.flags.owndata and not inside.flags.writeable  # read-only view into the memory map
+    assert seq[95:105].flags.owndata and seq[95:105].tolist() == list(range(95, 105))  # crossing: a small copy
+
+
+def _rss_file_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status (not Linux)")
+
+
+def _sparse_shard(path: Path, n_tokens: int) -> None:
+    """A valid shard of n_tokens zeros that occupies no disk: header, then a hole up to the full size."""
+    _raw_shard(path, (MAGIC, 1, n_tokens), np.zeros(0, dtype=np.uint16))
+    with open(path, "r+b") as f:
+        f.truncate(HEADER_BYTES + 2 * n_tokens)
+
+
+def test_concat_tokens_bounds_resident_pages(tmp_path: Path) -> None:
+    # A scan of 96 MiB of mapped shards: without release the pages stay in this process's RSS; with a 4 MiB budget
+    # the mappings are dropped as it goes. (The control shows the measurement can see the difference.)
+    for i in range(3):
+        _sparse_shard(tmp_path / f"s{i}.bin", 16 << 20)  # 32 MiB each
+
+    def scan(budget: int) -> tuple[int, ConcatTokens]:
+        seq = ConcatTokens([read_bin_shard(f) for f in sorted(tmp_path.glob("*.bin"))], resident_budget=budget)
+        before, peak = _rss_file_bytes(), 0
+        for a in range(0, len(seq), 1 << 20):
+            assert int(seq[a : a + (1 << 20)].sum()) == 0
+            peak = max(peak, _rss_file_bytes() - before)
+        return peak, seq
+
+    unbounded, _ = scan(1 << 40)
+    bounded, seq = scan(4 << 20)
+    assert unbounded > 64 << 20
+    assert bounded < 16 << 20 and seq.releases >= 20
+
+
+def _masked_split(stream: np.ndarray, block: int, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """The materialised split the view must reproduce (what tokenize used to write)."""
+    is_val = (np.arange(len(stream)) // block) % every == every - 1
+    return stream[~is_val], stream[is_val]
+
+
+@pytest.mark.parametrize("length", [1, 6, 7, 29, 30, 31, 35, 36, 60, 61, 97])
+@pytest.mark.parametrize("every", [2, 3, 5])
+def test_interleaved_split_equals_the_masked_split(length: int, every: int) -> None:
+    stream = np.arange(length, dtype=np.int64)
+    want_train, want_val = _masked_split(stream, 6, every)
+    train, val = interleaved_split(stream, 6, every)
+    assert len(train) == len(want_train) and len(val) == len(want_val)
+    assert np.array_equal(train[:], want_train) and np.array_equal(val[:], want_val)
+    for side, want in ((train, want_train), (val, want_val)):  # every sub-slice, crossing blocks and periods
+        for a in range(len(want) + 1):
+            for b in range(a, len(want) + 2):
+                assert np.array_equal(side[a:b], want[a:b]), (length, every, a, b)
+
+
+def test_interleaved_split_over_shards_feeds_windows(tmp_path: Path) -> None:
+    full = np.arange(3000) % 1000
+    for i, lo in enumerate((0, 1100, 2400)):  # shard boundaries fall inside blocks
+        write_bin_shard(tmp_path / f"s{i}.bin", full[lo : (1100, 2400, 3000)[i]])
+    train, val = interleaved_split(open_tokens(tmp_path), 256, 4)
+    want_train, want_val = _masked_split(full, 256, 4)
+    tw = TokenWindows(train, seq_len=100)
+    assert tw.num_windows == (len(want_train) - 1) // 100
+    x, y = tw.batch([2, 7])
+    assert x[0].tolist() == want_train[200:300].tolist() and y[1].tolist() == want_train[701:801].tolist()
+    assert np.array_equal(val[:], want_val)
+    with pytest.raises(ValueError, match="val_every must be >= 2"):
+        interleaved_split(full, 256, 1)

@@ -252,3 +252,25 @@ def test_cli_validate_ok(tmp_path: Path) -> None:
     assert out.returncode == 0, out
     assert out.stdout.strip() == "ok: preset smoke, 6 training runs"  # 2 optimizers × 3 widths × 1 seed
     assert listing(tmp_path) == before
+
+
+def test_cli_status_and_plan_why_on_a_fresh_project(tmp_path: Path) -> None:
+    make_project(tmp_path, "preset: smoke\nsweep: {optimizers: [adamw], widths: [1, 2], seeds: [0]}\n"
+                           "cache: {on_code_change: recompute}\n")
+    before = listing(tmp_path)
+    out = _cli(tmp_path, "status", "--why")
+    assert out.returncode == 0, out
+    lines = out.stdout.splitlines()
+    assert "train: 2 missing" in lines and "why (cache.on_code_change: recompute):" in lines
+    i = lines.index("[train] 2 to compute")
+    assert lines[i + 1].startswith("  adamw k=1 seed=0 (key ")
+    assert lines[i + 2] == "    never computed: no finished train run"
+    out = _cli(tmp_path, "plan", "--why")
+    assert out.returncode == 0, out
+    assert "  train        0/2 cached" in out.stdout and "[spectra] 2 to compute" in out.stdout
+    assert listing(tmp_path) == before  # looking writes nothing
+
+
+def test_a_bad_precision_name_is_caught_before_any_run(tmp_path: Path) -> None:
+    msg = _error(tmp_path, "preset: smoke\nsweep: {optimizers: [muon]}\noptim: {muon: {ns_dtype: bf16}}\n")
+    assert "'optim.muon.ns_dtype'" in msg and "'bf16' is not a dtype name" in msg and "bfloat16" in msg

@@ -34,7 +34,7 @@ VOCAB = 64
 PARAMS = ("preset: smoke\nmodel: {d_model: 32, n_layers: 2, n_heads: 2, pos_encoding: rope, postln_fraction: 0.0}\n"
           "train: {device: cpu, val_tokens: 2048, steps: 40, batch_size: 8, micro_batch_size: 0, seq_len: 64,\n"
           "        log_every: 10, keep_checkpoints: 2, keep_all_checkpoints: false, resume_every: 10,\n"
-          "        decay_fraction: 0.2, divergence_ratio: 1.5, precision: fp32}\n"
+          "        decay_fraction: 0.2, early_stop_loss_ratio: 0.0, diverged_ppl: 1000.0, precision: fp32}\n"
           "sweep: {optimizers: [OPT], widths: [2], seeds: [0]}\n")
 
 CHILD = '''
@@ -199,17 +199,52 @@ def test_resume_truncates_the_log_past_the_resume_point(setup, tmp_path: Path) -
     _assert_same_as_straight(setup, work)
 
 
+BLOWUP = "optim: {adamw: {lr: 1000.0, embed_lr: 1000.0, head_lr: 1000.0}}\n"
+
+
 def test_divergence_is_a_result(setup, tmp_path: Path) -> None:
-    spec = _spec(tmp_path / "project", "adamw", "optim: {adamw: {lr: 1000.0, embed_lr: 1000.0, head_lr: 1000.0}}\n")
+    # The default rule is the paper's: validation perplexity > train.diverged_ppl (1000), no early stop.
+    spec = _spec(tmp_path / "project", "adamw", BLOWUP)
+    assert spec["train"]["early_stop_loss_ratio"] == 0.0 and spec["train"]["diverged_ppl"] == 1000.0
     work = tmp_path / "work"
     work.mkdir()
     result = train_run(spec, work, setup["tokens"], threads=1, resume_every=10)
-    assert result["diverged"] is True and "train loss" in result["diverged_reason"]
-    assert result["steps_done"] < 40
-    assert math.isnan(result["val_loss"]) and result["val_ppl"] == float("inf")
+    assert result["diverged"] is True and result["diverged_reason"].startswith("validation perplexity")
+    assert result["val_ppl"] > 1000
     on_disk = json.loads((work / "result.json").read_text())
     assert on_disk["diverged"] is True and on_disk["steps_done"] == result["steps_done"]
-    assert on_disk["checkpoints"] == [0]
+
+
+def test_early_stop_is_opt_in_and_named(setup, tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "project", "adamw", BLOWUP + "train: {early_stop_loss_ratio: 1.5}\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = train_run(spec, work, setup["tokens"], threads=1, resume_every=10)
+    assert result["diverged"] is True and result["diverged_reason"].startswith("early stop: train loss")
+    assert result["steps_done"] < 40
+    assert json.loads((work / "result.json").read_text())["checkpoints"] == [0]
+
+
+def test_early_stop_ratio_is_validated(tmp_path: Path) -> None:
+    from specscale.spec import SpecError
+
+    for i, text in enumerate(("train: {early_stop_loss_ratio: 0.5}\n", "train: {divergence_ratio: 1.5}\n")):
+        with pytest.raises(SpecError, match="early_stop_loss_ratio"):  # the old key: "did you mean ...?"
+            load_study(make_project(tmp_path / str(i), "preset: smoke\n" + text))
+
+
+def test_non_finite_loss_ends_training(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A NaN loss cannot be trained on: training ends at once, even with the early stop off, and the run is the
+    # paper's × (its perplexity is not finite).
+    spec = _spec(tmp_path / "project", "adamw")
+    step = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, i: float("nan") if i == 4 else step(self, i))
+    work = tmp_path / "work"
+    work.mkdir()
+    result = train_run(spec, work, setup["tokens"], threads=1, resume_every=10)
+    assert result["diverged"] is True and result["diverged_reason"].startswith("validation perplexity not finite")
+    assert result["steps_done"] == 5
+    assert math.isnan(result["val_loss"]) and result["val_ppl"] == float("inf")
 
 
 def test_divergence_by_validation_perplexity(setup, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ Names: "adamw", "muon", "normuon", "dion_<a>_<b>" (rank fraction f = a/b in (0, 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -23,7 +24,8 @@ MATRIX: Final[Mapping[str, Any]] = MappingProxyType(
 )
 
 # Quintic Newton–Schulz as Muon and NorMuon run it (the coefficient triples themselves live in newton_schulz.py,
-# under the name given here).
+# under the name given here). ns_dtype: fp32 here (CPU: bf16 matmuls are ~15× slower); the paper ran NS in bf16,
+# which the gpt2 presets set explicitly (docs/science.md §4.2, §9).
 NEWTON_SCHULZ: Final[Mapping[str, Any]] = MappingProxyType(
     {"ns_steps": 5, "ns_coeffs": "paper", "ns_dtype": "float32", "ns_eps": 1e-8}
 )
@@ -47,11 +49,17 @@ NORMUON: Final[Mapping[str, Any]] = MappingProxyType({**MUON, **_NORMUON_OWN})
 
 # Dion: no Newton–Schulz and no Nesterov step, so those keys are absent (a key that changes nothing must not change
 # the run's hash either). rank_fraction is replaced by the fraction in the name; q_seed (the `seed` argument of
-# `Dion`) seeds each parameter's starting Q; eps guards the column normalisation of Q.
-DION: Final[Mapping[str, Any]] = MappingProxyType({**MATRIX, "rank_fraction": 1.0, "eps": 1e-8, "q_seed": 0})
+# `Dion`) seeds each parameter's starting Q; eps guards the column normalisation of Q. state_dtype is the dtype of
+# the accumulator M and of the matmuls with it, q_dtype the stored Q's; QR and the column normalisation always run in
+# fp32 (the paper's vendored microsoft/dion, `mixed_precision: true` in every Dion run: M and Q in bf16). fp32 here
+# (CPU); the gpt2 presets set the paper's bf16 explicitly (docs/science.md §4.5, §9).
+DION: Final[Mapping[str, Any]] = MappingProxyType(
+    {**MATRIX, "rank_fraction": 1.0, "eps": 1e-8, "q_seed": 0, "state_dtype": "float32", "q_dtype": "float32"}
+)
 
-# Lion: the arguments of `Lion`, the scalar optimizer (embedding, head, 1-D gains) under Muon / NorMuon / Dion.
-LION: Final[Mapping[str, Any]] = MappingProxyType({"lr": 0.02, "betas": (0.95, 0.98), "weight_decay": 0.0})
+# Lion: the arguments of `Lion`, the scalar optimizer (embedding, head, 1-D gains) under Muon / NorMuon / Dion. Its
+# lr in a run is tied to the matrix optimizer's (`resolve_lr_ties`); the class default is that lr's default.
+LION: Final[Mapping[str, Any]] = MappingProxyType({"lr": MATRIX["lr"], "betas": (0.95, 0.98), "weight_decay": 0.0})
 
 # AdamW: one lr for every role (the head's is not scaled by d_model under AdamW), weight decay on block matrices only.
 _ADAMW_LR: Final = 3e-3
@@ -73,16 +81,19 @@ ADAMW: Final[Mapping[str, Any]] = MappingProxyType(
 
 # --- the run-spec hyperparameters of each optimizer name (arrangements of the values above) ---------------------
 
-# The scalar (Lion) side shared by Muon, NorMuon and Dion. head_lr None means embed_lr / √d_model, computed at build.
+# The scalar (Lion) side shared by Muon, NorMuon and Dion. The lrs default to None = tied to the run's `lr`, as in the
+# authors' code (optimizer_factory.py: embedding lr = lr, head lr = lr / √d_model): `resolve_lr_ties` writes the
+# numbers into the run spec, so a sweep over `lr` moves all three. A number given explicitly unties that one.
 _LION_SIDE: Final[Mapping[str, Any]] = MappingProxyType(
     {
         "lion_betas": LION["betas"],
         "lion_weight_decay": LION["weight_decay"],
-        "embed_lr": LION["lr"],
+        "embed_lr": None,
         "head_lr": None,
-        "other_lr": LION["lr"],
+        "other_lr": None,
     }
 )
+TIED_LRS: Final = ("embed_lr", "head_lr", "other_lr")  # Lion-side keys whose None means "tied to lr"
 
 # Key order is part of the contract (the dicts go into the run spec as they are).
 _HPARAMS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
@@ -111,6 +122,19 @@ def parse_optimizer_name(name: str) -> tuple[str, float | None]:
         if a <= b:
             return "dion", a / b
     raise ValueError(f"unknown optimizer name {name!r}; valid forms: {VALID_NAME_FORMS}")
+
+
+def resolve_lr_ties(name: str, hparams: Mapping[str, Any], d_model: int) -> dict[str, Any]:
+    """A copy of `hparams` (every key of `name`) with the tied Lion lrs as numbers (docs/science.md §4.6): a None
+    embed_lr or other_lr becomes lr, a None head_lr becomes lr / √d_model. AdamW's lrs are numbers already."""
+    hp = dict(hparams)
+    if parse_optimizer_name(name)[0] == "adamw":
+        return hp
+    tied = {"embed_lr": hp["lr"], "head_lr": hp["lr"] / math.sqrt(d_model), "other_lr": hp["lr"]}
+    for key in TIED_LRS:
+        if hp[key] is None:
+            hp[key] = tied[key]
+    return hp
 
 
 def default_hparams(name: str) -> dict[str, Any]:

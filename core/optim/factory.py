@@ -3,7 +3,7 @@
 Roles (from the parameter names, never from shapes — the embedding and the head are 2-D too):
   "matrix": 2-D block matrices (q, k, v, o, c_fc, c_proj)  → AdamW, or Muon / NorMuon / Dion
   "embed":  embed.*                                          → AdamW, or Lion
-  "head":   head.*                                           → AdamW, or Lion (lr scaled by 1/√d_model)
+  "head":   head.*                                           → AdamW, or Lion (lr / √d_model unless given)
   "other":  anything else (1-D gains, ...)                   → AdamW, or Lion
 
 Names: "adamw", "muon", "normuon", "dion_<a>_<b>" (rank fraction f = a/b in (0, 1], e.g. dion_1_16). The names and
@@ -14,7 +14,6 @@ and `VALID_NAME_FORMS` are re-exported here.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from .combined import CombinedOptimizer
-from .defaults import VALID_NAME_FORMS, default_hparams, parse_optimizer_name
+from .defaults import VALID_NAME_FORMS, default_hparams, parse_optimizer_name, resolve_lr_ties
 from .dion import Dion
 from .lion import Lion
 from .muon import Muon
@@ -37,6 +36,7 @@ __all__ = [
     "complete_hparams",
     "default_hparams",
     "parse_optimizer_name",
+    "resolve_lr_ties",
     "roles_from_names",
 ]
 
@@ -110,7 +110,7 @@ def build_optimizer(
     """One CombinedOptimizer: the matrix optimizer over role "matrix", the scalar optimizer over the rest."""
     _check_roles(params_by_role)
     base, _ = parse_optimizer_name(name)
-    hp = complete_hparams(name, hparams)
+    hp = resolve_lr_ties(name, complete_hparams(name, hparams), d_model)  # a no-op on a run spec's (resolved) hparams
     inner: dict[str, torch.optim.Optimizer] = {}
 
     if base == "adamw":
@@ -121,7 +121,7 @@ def build_optimizer(
             + _group(params_by_role, "other", lr=hp["other_lr"], weight_decay=hp["other_weight_decay"])
         )
         if any(g["lr"] is None for g in groups):
-            raise ValueError("AdamW needs numeric lr, embed_lr, head_lr and other_lr (None is only for Lion's head)")
+            raise ValueError("AdamW needs numeric lr, embed_lr, head_lr and other_lr (None = tied is only for Lion)")
         if groups:
             inner["adamw"] = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"])
         return CombinedOptimizer(inner)
@@ -133,7 +133,8 @@ def build_optimizer(
         )
         if base == "dion":
             inner[name] = Dion(
-                matrix_groups, rank_fraction=hp["rank_fraction"], eps=hp["eps"], seed=hp["q_seed"], **common
+                matrix_groups, rank_fraction=hp["rank_fraction"], eps=hp["eps"], seed=hp["q_seed"],
+                state_dtype=hp["state_dtype"], q_dtype=hp["q_dtype"], **common
             )
         else:
             ns = dict(
@@ -148,11 +149,10 @@ def build_optimizer(
             else:
                 inner[name] = NorMuon(matrix_groups, beta2=hp["beta2"], eps=hp["eps"], **common, **ns)
 
-    head_lr = hp["head_lr"] if hp["head_lr"] is not None else hp["embed_lr"] / math.sqrt(d_model)
     lion_wd = hp["lion_weight_decay"]
     scalar_groups = (
         _group(params_by_role, "embed", lr=hp["embed_lr"], weight_decay=lion_wd)
-        + _group(params_by_role, "head", lr=head_lr, weight_decay=lion_wd)
+        + _group(params_by_role, "head", lr=hp["head_lr"], weight_decay=lion_wd)
         + _group(params_by_role, "other", lr=hp["other_lr"], weight_decay=lion_wd)
     )
     if scalar_groups:

@@ -18,6 +18,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# Floating-point dtypes a precision field may name (ns_dtype; Dion's state_dtype and q_dtype). Run specs are JSON, so
+# a dtype travels as its torch name ("bfloat16") and is resolved here, at construction.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str, field: str = "dtype") -> torch.dtype:
+    """A torch dtype or its name ("float32", "bfloat16", "torch.bfloat16") → the torch dtype. `field` names the
+    hyperparameter in the error (e.g. "Newton-Schulz dtype", "Dion state_dtype")."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unknown {field} {dtype}; valid: {sorted(DTYPES)}")
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"unknown {field} {dtype!r}; valid: {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype | str, field: str = "dtype") -> str:
+    """The name under which a dtype is kept in param groups (so that `state_dict()` stays plain data)."""
+    return str(resolve_dtype(dtype, field)).removeprefix("torch.")
+
+
 # Named lr shape-scale rules. "spectral" is what the paper ran (c_fc 4d×d: ×2, c_proj d×4d: ×0.5); the others are
 # the public alternatives (Keller Jordan / torch.optim.Muon "original", and Moonlight's AdamW-RMS matching).
 SCALE_RULES: tuple[str, ...] = ("spectral", "max1", "moonlight")

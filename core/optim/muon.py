@@ -20,13 +20,17 @@ import torch
 from torch import Tensor
 
 from .defaults import MUON
-from .matrix_base import MatrixOptimizer
-from .newton_schulz import Coeffs, coefficient_schedule, orthogonalize, resolve_dtype
+from .matrix_base import MatrixOptimizer, dtype_name
+from .newton_schulz import Coeffs, coefficient_schedule, orthogonalize
 
 
 class Muon(MatrixOptimizer):
     """Muon for 2-D block matrices. `ns_dtype` is a torch dtype or its name; it is kept as a name in the param
-    groups so that `state_dict()` stays plain data. Defaults: `defaults.MUON` (docs/science.md §4)."""
+    groups so that `state_dict()` stays plain data. Defaults: `defaults.MUON` (docs/science.md §4).
+
+    Precision as the paper ran it (vendored microsoft/dion `muon.py`): the momentum buffer in the parameter's dtype
+    (fp32 here), only the Newton–Schulz input cast to `ns_dtype` (bf16 on the paper's GPUs) and the orthogonalised
+    direction applied to the fp32 weights."""
 
     def __init__(
         self,
@@ -42,7 +46,6 @@ class Muon(MatrixOptimizer):
         ns_eps: float = MUON["ns_eps"],
     ) -> None:
         coefficient_schedule(ns_coeffs, ns_steps)  # validates steps and coefficients now, not at the first step
-        dtype_name = str(resolve_dtype(ns_dtype)).removeprefix("torch.")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -51,10 +54,12 @@ class Muon(MatrixOptimizer):
             scale_rule=scale_rule,
             ns_steps=int(ns_steps),
             ns_coeffs=ns_coeffs,
-            ns_dtype=dtype_name,
+            ns_dtype=dtype_name(ns_dtype, "Newton-Schulz dtype"),
             ns_eps=ns_eps,
         )
         super().__init__(params, defaults)
+        for group in self.param_groups:  # per-group overrides are validated and kept as names, like the defaults
+            group["ns_dtype"] = dtype_name(group["ns_dtype"], "Newton-Schulz dtype")
 
     def _direction(self, p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
         mu = group["momentum"]

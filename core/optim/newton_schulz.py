@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .defaults import NEWTON_SCHULZ
+from .matrix_base import resolve_dtype as _resolve_dtype
 
 Coeffs = tuple[float, float, float]
 
@@ -38,22 +39,10 @@ JORDAN_COEFFS: tuple[Coeffs, ...] = ((3.4445, -4.7750, 2.0315),)
 
 COEFF_SETS: dict[str, tuple[Coeffs, ...]] = {"paper": PAPER_COEFFS, "jordan": JORDAN_COEFFS}
 
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """Accept a torch dtype or its name ("float32", "bfloat16", ...), so that specs can stay JSON."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise ValueError(f"unknown Newton-Schulz dtype {dtype!r}; valid: {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    return _resolve_dtype(dtype, "Newton-Schulz dtype")
 
 
 def coefficient_schedule(coeffs: str | Sequence[Coeffs], steps: int) -> list[Coeffs]:
@@ -85,9 +74,10 @@ def orthogonalize(
 ) -> Tensor:
     """Approximate polar factor of the 2-D matrix U (m×n) by quintic Newton–Schulz.
 
-    Defaults: Muon's, `defaults.NEWTON_SCHULZ` (docs/science.md §4). Computation runs in `dtype` (fp32 by default:
-    bf16 matmuls are ~15× slower on CPU; bf16 is the usual GPU choice); the result is returned in U's dtype, shape
-    (m, n). U itself is never modified. A zero U gives a zero result (0 / (0 + eps) = 0), never NaN.
+    Defaults: Muon's, `defaults.NEWTON_SCHULZ` (docs/science.md §4). Computation runs in `dtype`: the cast of U, the
+    normalisation and every iteration (fp32 by default, since bf16 matmuls are ~15× slower on CPU; the paper ran
+    bf16, which the gpt2 presets set through `ns_dtype`). The result is returned in U's dtype, shape (m, n). U itself
+    is never modified. A zero U gives a zero result (0 / (0 + eps) = 0), never NaN.
     """
     if U.ndim != 2:
         raise ValueError(f"orthogonalize expects a 2-D matrix, got shape {tuple(U.shape)}")

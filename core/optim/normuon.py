@@ -10,6 +10,9 @@ After Muon's O (m×n) for W (m×n = fan_out×fan_in):
 
 The rows whose orthogonalised update has been large are damped, small ones lifted, at unchanged total size.
 A zero gradient gives O = 0, v = 0, Ô = 0/(0 + ε) = 0 and then 0·0/1e-8 = 0: weights are only decayed, never NaN.
+
+Precision as the paper ran it (vendored microsoft/dion `normuon.py`): Newton–Schulz in `ns_dtype` (bf16 on its GPUs),
+then the row statistics, v and the rescale in fp32 (v has the parameter's dtype there, fp32).
 """
 
 from __future__ import annotations
