@@ -333,6 +333,40 @@ def select_probe_set(
     )
 
 
+def batch_probe_set(inputs: np.ndarray, bucket_of_type: np.ndarray, rank_share_tokens: int,
+                    min_bucket_tokens: int, meta: dict[str, Any] | None = None) -> ProbeSet:
+    """The paper's measurement input at one step (``probe.source: train_batch``, docs/science.md §5): that step's
+    training batch ``inputs`` of shape (B, T) (input tokens, windows in the order training draws them).
+
+    Bucket sets come from the first ``rank_share_tokens`` positions (rank 0's share of the global batch: its windows
+    are the first ones), every position going to the bucket of its input token; a bucket with fewer than
+    ``min_bucket_tokens`` positions there is skipped. The pooled set is the whole global batch (B·T positions).
+    ``rank_share_tokens`` 0 means the whole batch (one rank)."""
+    inputs = np.asarray(inputs)
+    n_seq, seq_len = inputs.shape
+    share = int(rank_share_tokens) or n_seq * seq_len
+    if share % seq_len or not 0 < share <= n_seq * seq_len:
+        raise ValueError(f"probe.rank_share_tokens={rank_share_tokens} must be a whole number of train.seq_len="
+                         f"{seq_len} windows and at most the batch's {n_seq * seq_len} tokens; set it to the tokens "
+                         f"one data-parallel rank sees per step (the paper: 131072 at 160M, 65536 at 350M)")
+    bucket_of_type = np.asarray(bucket_of_type)
+    flat = inputs.reshape(-1).astype(np.int64)
+    if int(flat.max()) >= bucket_of_type.size:
+        raise ValueError(f"batch token id {int(flat.max())} is outside the vocabulary of {bucket_of_type.size} types")
+    ids = bucket_of_type[flat[:share]]
+    indices, buckets = {}, {}
+    for k, name in enumerate(BUCKET_NAMES):
+        pos = np.flatnonzero(ids == k).astype(np.int64)
+        skipped = pos.size < min_bucket_tokens
+        indices[name] = np.zeros(0, dtype=np.int64) if skipped else pos
+        buckets[name] = {"requested": share, "selected": int(indices[name].size), "available": int(pos.size),
+                         "skipped": bool(skipped)}
+    return ProbeSet(seq_len=seq_len, windows=inputs, bucket_indices=indices,
+                    pooled_indices=np.arange(n_seq * seq_len, dtype=np.int64), buckets=buckets,
+                    tokens_per_bucket=share, pooled_tokens=n_seq * seq_len, min_bucket_tokens=int(min_bucket_tokens),
+                    meta=meta or {})
+
+
 def vocab_entries(vocab_size: int, spec: dict[str, Any]) -> int:
     """V, the length of the count vector: the tokenizer's vocabulary padded to the model's embedding rows
     (``vocab_multiple``; GPT-2 50257 → 50304), as the authors counted over all 50,304 entries. The padding ids never

@@ -1,8 +1,10 @@
-"""The spectra stage's computation: every (step, layer, site, set) array of one run's activation store → eigenvalues
-of its centred covariance (float64, streamed) and the metrics of each spectrum (docs/science.md §5).
+"""The spectra stage's computation: every (step, layer, site, set) activation array of one run → eigenvalues of its
+centred covariance (float64, streamed) and the metrics of each spectrum (docs/science.md §5). The activations are
+dumped to scratch one (step, layer) slice at a time and deleted once measured, so peak scratch is one slice.
 
 Outputs of `measure_run` in the run dir:
-  spectra.zarr  xarray Dataset: `eigenvalues` (step, layer, site, bucket, mode), `n_tokens` (bucket); attrs D
+  spectra.zarr  xarray Dataset: `eigenvalues` (step, layer, site, bucket, mode), `n_tokens` (step, bucket: N, which
+                varies by step under probe.source train_batch; 0 where a set was skipped); attrs D, source
   ranks.csv     one row per (step, layer, site, bucket): N, D, N/D, the rounding-noise floor, entropy, Rényi ranks,
                 soft and hard rank
 
@@ -30,7 +32,8 @@ import zarr
 
 from specscale.cache import RunStore
 from specscale.covariance import accumulate_array, eigenvalues
-from specscale.probe import array_name, ensure_activations
+from specscale.buckets import ALL_SETS
+from specscale.probe import ProbeSource, array_name, ensure_slice, run_layout, scratch_dir
 from specscale.spectra import MIN_N_OVER_D, STORAGE_EPS, all_metrics, storage_noise_floor
 
 
@@ -44,14 +47,14 @@ def _dtype_eps(name: str) -> float:
 def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float],
                   device: torch.device) -> tuple[xr.Dataset, pd.DataFrame]:
     """Eigenvalues (NaN where a set has < 2 tokens) and one metrics row per spectrum of an activation store."""
-    steps, layers, sites, sets, D = (manifest["steps"], list(range(manifest["layers"])), manifest["sites"],
-                                     list(manifest["sets"]), manifest["D"])
+    steps, sites, sets, D = manifest["steps"], manifest["sites"], list(manifest["sets"]), manifest["D"]
+    layers = list(manifest.get("layer_ids", range(manifest["layers"])))  # a slice store names its layers
     resolution = max((str(manifest[k]) for k in ("dtype", "compute_dtype") if k in manifest), key=_dtype_eps)
     eig = np.full((len(steps), len(layers), len(sites), len(sets), D), np.nan)
     rows = []
     t0 = time.time()
     for i, step in enumerate(steps):
-        for layer in layers:
+        for j, layer in enumerate(layers):
             for k, site in enumerate(sites):
                 for b, name in enumerate(sets):
                     arr = acts[array_name(step, layer, site, name)]
@@ -61,14 +64,14 @@ def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float
                     acc = accumulate_array(arr, device=device)
                     cov = acc.covariance_tensor() if device.type == "cuda" else acc.covariance()
                     lam = eigenvalues(cov)
-                    eig[i, layer, k, b] = lam
+                    eig[i, j, k, b] = lam
                     # E[x_j²] per unit, uncentred (rounding noise scales with |x|): (N−1)/N·C_jj + μ_j², shape (D,)
                     var = torch.diagonal(cov).cpu().numpy() if isinstance(cov, torch.Tensor) else np.diag(cov)
                     floor = storage_noise_floor(resolution, var * (n - 1) / n + acc.mean ** 2, n)
                     rows.append({"step": step, "layer": layer, "site": site, "bucket": name, "N": n, "D": D,
                                  "N_over_D": n / D, "noise_floor": floor,
                                  **all_metrics(lam, alphas, noise_floor=floor)})
-        print(f"spectra: step {step} done ({time.time() - t0:.0f}s)", flush=True)
+        print(f"spectra: step {step} layers {layers} done ({time.time() - t0:.0f}s)", flush=True)
     ds = xr.Dataset(
         {"eigenvalues": (("step", "layer", "site", "bucket", "mode"), eig),
          "n_tokens": (("bucket",), np.array([manifest["sets"][s] for s in sets], dtype=np.int64))},
@@ -81,28 +84,66 @@ def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float
     return ds, pd.DataFrame(rows)
 
 
-def measure_run(spec: dict[str, Any], work: Path, store: RunStore, device: torch.device) -> dict[str, Any]:
-    """Spectra of one run into `work`, regenerating its activations once if a chunk is unreadable; the scratch
-    store is consumed (deleted) afterwards. Returns the result fields for provenance."""
-    alphas = [float(a) for a in spec["alphas"]]
+def _measure_slice(spec: dict[str, Any], store: RunStore, device: torch.device, step: int, layer: int,
+                   probes: ProbeSource, alphas: list[float]) -> tuple[xr.Dataset, pd.DataFrame]:
+    """Spectra of one (step, layer) slice: dumped to scratch (or reused when a complete one is there), measured,
+    deleted. A chunk that fails its checksum is never read as data: the slice is regenerated once."""
     for attempt in (1, 2):
-        scratch = ensure_activations(spec, store, device)
-        manifest = json.loads((scratch / "manifest.json").read_text())
+        sl = ensure_slice(spec, store, device, step, layer, probes)
+        manifest = json.loads((sl / "manifest.json").read_text())
         try:
-            ds, ranks = measure_store(zarr.open_group(str(scratch / "acts.zarr"), mode="r"), manifest, alphas, device)
+            ds, rows = measure_store(zarr.open_group(str(sl / "acts.zarr"), mode="r"), manifest, alphas, device)
             break
         except Exception as err:  # a corrupt or truncated chunk: never read silently, regenerate once
             if attempt == 2:
                 raise
-            print(f"spectra: activation store unreadable ({type(err).__name__}: {err}); regenerating", flush=True)
-            shutil.rmtree(scratch)
-    low = ranks[ranks["N_over_D"] < MIN_N_OVER_D]
+            print(f"spectra: activation slice {sl.name} unreadable ({type(err).__name__}: {err}); regenerating",
+                  flush=True)
+            shutil.rmtree(sl)
+    shutil.rmtree(sl, ignore_errors=True)  # consumed: scratch never holds more than one slice
+    return ds, rows
+
+
+def measure_run(spec: dict[str, Any], work: Path, store: RunStore, device: torch.device) -> dict[str, Any]:
+    """Spectra of one run into `work`, one (step, layer) slice at a time (peak scratch: one slice). Returns the
+    result fields for provenance."""
+    alphas = [float(a) for a in spec["alphas"]]
+    layout = run_layout(spec, store)
+    steps, layers, sites, D = layout["steps"], list(range(layout["layers"])), layout["sites"], layout["D"]
+    probes = ProbeSource(spec, store)
+    parts: dict[tuple[int, int], xr.Dataset] = {}
+    frames = []
+    for step in steps:
+        for layer in layers:
+            parts[(step, layer)], rows = _measure_slice(spec, store, device, step, layer, probes, alphas)
+            frames.append(rows)
+    # Sets can differ between steps (train_batch: a bucket too rare in one step's batch is skipped there).
+    sets = [s for s in ALL_SETS if any(s in p.coords["bucket"].values for p in parts.values())]
+    eig = np.full((len(steps), len(layers), len(sites), len(sets), D), np.nan)
+    n_tokens = np.zeros((len(steps), len(sets)), dtype=np.int64)
+    for (step, layer), part in parts.items():
+        i = steps.index(step)
+        for name in part.coords["bucket"].values:
+            b = sets.index(name)
+            eig[i, layer, :, b] = part["eigenvalues"].sel(bucket=name).values[0, 0]
+            n_tokens[i, b] = int(part["n_tokens"].sel(bucket=name))
+    ds = xr.Dataset(
+        {"eigenvalues": (("step", "layer", "site", "bucket", "mode"), eig),
+         "n_tokens": (("step", "bucket"), n_tokens)},
+        # Labels as variable-length strings (object dtype): zarr v3 specifies that type (see measure_store).
+        coords={"step": steps, "layer": layers, "site": np.array(sites, dtype=object),
+                "bucket": np.array(sets, dtype=object), "mode": np.arange(D)},
+        attrs={"D": D, "source": probes.source,
+               "description": "eigenvalues of the centred covariance, descending, clamped >= 1e-12"},
+    )
+    ranks = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    low = ranks[ranks["N_over_D"] < MIN_N_OVER_D] if len(ranks) else ranks
     if len(low):
         warnings.warn(f"{len(low)} spectra have N < {MIN_N_OVER_D:g}·D (min N/D {low['N_over_D'].min():.2f}): "
                       "hard rank is biased when samples are scarce", stacklevel=1)
         print(f"WARNING: {len(low)} spectra with N/D < {MIN_N_OVER_D:g}", flush=True)
     ds.to_zarr(str(work / "spectra.zarr"), mode="w", consolidated=False)
     ranks.to_csv(work / "ranks.csv", index=False)
-    shutil.rmtree(scratch, ignore_errors=True)  # the intermediate is consumed; the run dir keeps what was asked
+    shutil.rmtree(scratch_dir(store.project_root, spec["measure_key"]), ignore_errors=True)
     return {"n_spectra": int(len(ranks)),
             "min_N_over_D": float(ranks["N_over_D"].min()) if len(ranks) else math.nan}

@@ -62,7 +62,10 @@ def _planned(versions: Mapping[str, int], stage: str, spec: dict, inputs: dict[s
 def probe_spec(study: DictConfig) -> dict[str, Any]:
     """Probe fields that change the activations (not what is kept afterwards)."""
     probe = to_container(study.probe)
-    return {k: probe[k] for k in ("sites", "dtype", "chunk_tokens")}
+    spec = {k: probe[k] for k in ("sites", "dtype", "chunk_tokens", "source")}
+    if probe["source"] == "train_batch":  # the held-out set's own fields live in the buckets key
+        spec.update({k: probe[k] for k in ("rank_share_tokens", "min_bucket_tokens")})
+    return spec
 
 
 def make_plan(study: DictConfig, versions: Mapping[str, int], where: Path | str = "params.yaml") -> StudyPlan:

@@ -1,10 +1,14 @@
-"""Capture FFN activations on the fixed probe set and write them to zarr, split by the bucket of the input token.
+"""Capture FFN activations of a run's checkpoints on its probe input and write them to zarr, split into sets.
 
-Layout of one run's store (`acts.zarr`), one 2-D array per (checkpoint step, layer, site, set):
+Layout of a store (`acts.zarr`), one 2-D array per (checkpoint step, layer, site, set):
     step_000500/L03/post/TAIL   shape (N, D), chunked along tokens (chunk_tokens rows), dtype from the spec
 with attributes {step, layer, site, bucket, N, D} on every array. Sets are HEAD, MID, TAIL (input-token frequency
 buckets, skipped when too rare) and GLOBAL (all tokens pooled; the paper's CSV name). Every chunk carries a CRC32C
 checksum, so a truncated or corrupted chunk fails loudly on read instead of being silently used.
+
+The probe input (`probe.source`, ProbeSource): the fixed held-out probe set, or each step's training batch.
+Scratch stays bounded: the spectra stage dumps one (step, layer) slice at a time (ensure_slice), measures it and
+deletes it; the activations stage writes only what `probe.keep_activations` keeps, into its run dir.
 
 Memory: rows are buffered per array until a full chunk is ready, so RAM holds ~ n_arrays × chunk_tokens × D values
 plus one probe batch — never a whole array.
@@ -15,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,9 +27,11 @@ import torch
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
-from specscale.buckets import BUCKET_NAMES, POOLED, ProbeSet
+from specscale.buckets import BUCKET_NAMES, POOLED, ProbeSet, batch_probe_set
 from specscale.model import GPT
 from specscale.cache import RunStore
+from specscale.shard_manifest import open_splits
+from specscale.shards import TokenWindows
 from specscale.train import autocast_context, build_model, checkpoint_path
 
 COMPLETE = "_COMPLETE"
@@ -71,11 +76,11 @@ class _ChunkedWriter:
         self.buffer, self.buffered = ([rest] if len(rest) else []), len(rest)
 
 
-def _capture(model: GPT, sites: list[str]) -> tuple[dict[tuple[int, str], torch.Tensor], list[Any]]:
+def _capture(model: GPT, sites: list[str], layers: list[int]) -> tuple[dict[tuple[int, str], torch.Tensor], list[Any]]:
     captured: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
     for (layer, site), module in model.ffn_sites().items():
-        if site in sites:
+        if site in sites and layer in layers:
             def hook(_m, _inp, out, key=(layer, site)):
                 captured[key] = out.detach()
             hooks.append(module.register_forward_hook(hook))
@@ -87,34 +92,62 @@ def _batches(probe: ProbeSet, batch_size: int) -> Iterator[tuple[int, np.ndarray
         yield start, probe.windows[start:start + batch_size]
 
 
-def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any], out_dir: Path,
-                     device: torch.device, steps: list[int] | None = None) -> dict[str, Any]:
-    """Write every kept checkpoint's activations to out_dir/acts.zarr, crash-safe (tmp dir, then rename).
+class ProbeSource:
+    """The measurement input of each checkpoint step of one run (spec: an activations or spectra run's spec.json).
 
-    Returns the manifest (also written as out_dir/manifest.json): N per set, D, steps, layers, sites, bytes.
+    heldout: the buckets stage's fixed val probe set, the same at every step. train_batch: the training batch of step
+    s, drawn by the training code's own sampler (TokenWindows.sample_indices: a function of seed and step), split
+    into sets by buckets.batch_probe_set. Checkpoint s holds the weights after s updates, which train on batches
+    0..s−1; batch s is the one the model meets next — the paper's code logs step s's telemetry during the forward
+    passes of batch s, before that step's optimizer update (and runs a forward-only pass on the next batch at the
+    last step), so checkpoint s is measured on batch s.
     """
-    train_spec = json.loads((train_dir / "spec.json").read_text())
-    result = json.loads((train_dir / "result.json").read_text())
-    steps = steps if steps is not None else list(result["checkpoints"])
-    sites = list(probe_cfg["sites"])
+
+    def __init__(self, spec: dict[str, Any], store: RunStore) -> None:
+        self.cfg = spec["probe"]
+        self.source = self.cfg.get("source", "heldout")
+        buckets_dir = store.final_dir("buckets", spec["inputs"]["buckets"])
+        train_dir = store.final_dir("train", spec["inputs"]["train"])
+        self.train_spec = json.loads((train_dir / "spec.json").read_text())
+        self.fixed: ProbeSet | None = None
+        if self.source == "heldout":
+            self.fixed = ProbeSet.load(buckets_dir)
+            return
+        tokens_dir = store.final_dir("tokenize", self.train_spec["inputs"]["tokenize"])
+        train_tokens, _ = open_splits(tokens_dir)
+        self.windows = TokenWindows(train_tokens, int(self.train_spec["train"]["seq_len"]))
+        self.bucket_of_type = np.load(buckets_dir / "bucket_of_type.npy")
+
+    def at(self, step: int) -> ProbeSet:
+        if self.fixed is not None:
+            return self.fixed
+        t = self.train_spec["train"]
+        indices = self.windows.sample_indices(step, int(t["batch_size"]), int(self.train_spec["seed"]))
+        inputs, _ = self.windows.batch(indices)  # (B, T) int64: exactly what training step `step` consumes
+        return batch_probe_set(inputs.numpy(), self.bucket_of_type, int(self.cfg.get("rank_share_tokens", 0)),
+                               int(self.cfg.get("min_bucket_tokens", 0)), meta={"step": step})
+
+
+def _write_store(root: zarr.Group, model: GPT, train_dir: Path, train_spec: dict[str, Any], probes: ProbeSource,
+                 probe_cfg: dict[str, Any], steps: list[int], layers: list[int], sites: list[str],
+                 device: torch.device) -> tuple[dict[int, dict[str, int]], str | None]:
+    """Dump (steps × layers × sites × sets) into root; returns N per set of each step and the compute dtype."""
     dtype = np.dtype(probe_cfg["dtype"])
     chunk_rows = int(probe_cfg["chunk_tokens"])
-    sets = probe_sets(probe)
-    seq_len = probe.windows.shape[1]
-    model = build_model(train_spec, result["vocab_size"], device)
-    n_layers, ffn_dim = model.shape.n_layers, model.shape.ffn_dim
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    root = zarr.open_group(str(tmp / "acts.zarr"), mode="w")
-    started = time.time()
+    ffn_dim = model.shape.ffn_dim
     compute_dtype = None  # dtype of the captured activations (bf16 under CUDA autocast): their true resolution
+    n_by_step: dict[int, dict[str, int]] = {}
     for step in steps:
+        probe = probes.at(step)
+        sets = probe_sets(probe)
+        n_by_step[step] = {k: int(len(v)) for k, v in sets.items()}
+        seq_len = probe.windows.shape[1]
         state = torch.load(checkpoint_path(train_dir, step), map_location=device, weights_only=True)
         model.load_state_dict(state)
+        del state  # a second copy of the weights (≈ 0.8 GB at 160M k=8) is not needed past the load
         model.eval()
         writers: dict[tuple[int, str, str], _ChunkedWriter] = {}
-        for layer in range(n_layers):
+        for layer in layers:
             for site in sites:
                 for name, idx in sets.items():
                     arr = root.create_array(
@@ -125,7 +158,7 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
                         attributes={"step": step, "layer": layer, "site": site, "bucket": name,
                                     "N": int(len(idx)), "D": ffn_dim})
                     writers[(layer, site, name)] = _ChunkedWriter(arr, arr.chunks[0])
-        captured, hooks = _capture(model, sites)
+        captured, hooks = _capture(model, sites, layers)
         try:
             with torch.no_grad():
                 for start, windows in _batches(probe, int(probe_cfg.get("batch_size", 8))):
@@ -146,14 +179,32 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
                 h.remove()
         for writer in writers.values():
             writer.flush(final=True)
-        print(f"activations: step {step} done ({time.time() - started:.0f}s)", flush=True)
-    manifest = {
-        "steps": steps, "layers": n_layers, "sites": sites, "sets": {k: int(len(v)) for k, v in sets.items()},
-        "D": ffn_dim, "dtype": dtype.name, "compute_dtype": compute_dtype or "float32", "chunk_tokens": chunk_rows,
-        "bytes": int(sum(len(v) for v in sets.values()) * ffn_dim * dtype.itemsize * len(steps) * n_layers
-                     * len(sites)),
-        "probe_fingerprint": probe.fingerprint(),
-    }
+    return n_by_step, compute_dtype
+
+
+def dump_activations(train_dir: Path, probes: ProbeSource, probe_cfg: dict[str, Any], out_dir: Path,
+                     device: torch.device, steps: list[int] | None = None, layers: list[int] | None = None,
+                     sites: list[str] | None = None) -> dict[str, Any]:
+    """Write the activations of `steps` (default: every kept checkpoint) × `layers` (default all) × `sites` to
+    out_dir/acts.zarr, crash-safe (tmp dir, then rename; out_dir/_COMPLETE marks it finished).
+
+    Returns the manifest (also written as out_dir/manifest.json): N per set (`sets`: of the last step;
+    `sets_by_step`: every step's, which differ under train_batch), D, steps, layers, sites, bytes.
+    """
+    train_spec = json.loads((train_dir / "spec.json").read_text())
+    result = json.loads((train_dir / "result.json").read_text())
+    steps = steps if steps is not None else list(result["checkpoints"])
+    sites = sites if sites is not None else list(probe_cfg["sites"])
+    model = build_model(train_spec, result["vocab_size"], device)
+    layers = layers if layers is not None else list(range(model.shape.n_layers))
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    root = zarr.open_group(str(tmp / "acts.zarr"), mode="w")
+    n_by_step, compute_dtype = _write_store(root, model, train_dir, train_spec, probes, probe_cfg, steps, layers,
+                                            sites, device)
+    manifest = _manifest(probe_cfg, steps, layers, sites, n_by_step, model.shape.ffn_dim, probes)
+    manifest["compute_dtype"] = compute_dtype or "float32"
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (tmp / COMPLETE).write_text("")
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -161,12 +212,44 @@ def dump_activations(train_dir: Path, probe: ProbeSet, probe_cfg: dict[str, Any]
     return manifest
 
 
+def _manifest(probe_cfg: dict[str, Any], steps: list[int], layers: list[int], sites: list[str],
+              n_by_step: dict[int, dict[str, int]], ffn_dim: int, probes: ProbeSource) -> dict[str, Any]:
+    dtype = np.dtype(probe_cfg["dtype"])
+    per_step = [sum(n.values()) * ffn_dim * dtype.itemsize * len(layers) * len(sites) for n in n_by_step.values()]
+    fixed = probes.fixed
+    return {
+        "steps": steps, "layers": len(layers), "layer_ids": layers, "sites": sites,
+        "sets": n_by_step[steps[-1]], "sets_by_step": {str(s): n for s, n in n_by_step.items()},
+        "D": ffn_dim, "dtype": dtype.name, "chunk_tokens": int(probe_cfg["chunk_tokens"]),
+        "bytes": int(sum(per_step)), "source": probes.source,
+        "probe_fingerprint": fixed.fingerprint() if fixed is not None else None,
+    }
+
+
+def run_layout(spec: dict[str, Any], store: RunStore) -> dict[str, Any]:
+    """What a measurement covers, without a forward pass: kept steps, layers, sites, D (from the training run)."""
+    train_dir = store.final_dir("train", spec["inputs"]["train"])
+    train_spec = json.loads((train_dir / "spec.json").read_text())
+    result = json.loads((train_dir / "result.json").read_text())
+    return {"steps": list(result["checkpoints"]), "layers": int(train_spec["model"]["n_layers"]),
+            "sites": list(spec["probe"]["sites"]), "D": int(result["ffn_dim"])}
+
+
+def describe_measurement(spec: dict[str, Any], store: RunStore) -> dict[str, Any]:
+    """The manifest of a measurement (N per set and step, D, bytes a full dump would take), no forward pass."""
+    layout = run_layout(spec, store)
+    probes = ProbeSource(spec, store)
+    n_by_step = {s: {k: int(len(v)) for k, v in probe_sets(probes.at(s)).items()} for s in layout["steps"]}
+    return _manifest({**spec["probe"], **spec["runtime"]}, layout["steps"], list(range(layout["layers"])),
+                     layout["sites"], n_by_step, layout["D"], probes)
+
+
 def is_complete(store_dir: Path) -> bool:
     return (store_dir / COMPLETE).exists() and (store_dir / "acts.zarr").is_dir()
 
 
 def scratch_dir(project_root: Path, key: str) -> Path:
-    """Where a run's full activations live between the activations and spectra stages.
+    """Where a run's activation slices live while the spectra stage measures them (one slice at a time).
 
     $SPECSCALE_SCRATCH (e.g. node-local disk on a cluster) overrides runs/.scratch/ (never a DVC output).
     """
@@ -174,40 +257,39 @@ def scratch_dir(project_root: Path, key: str) -> Path:
     return base / "activations" / key
 
 
-def ensure_activations(spec: dict[str, Any], store: RunStore, device: torch.device) -> Path:
-    """The complete activation store of a measurement (spec: an activations or spectra run's spec.json) in scratch,
-    (re)generated from the training run's checkpoints when absent (dropped, or produced on another node)."""
-    scratch = scratch_dir(store.project_root, spec["measure_key"])
-    if not is_complete(scratch):
-        probe = ProbeSet.load(store.final_dir("buckets", spec["inputs"]["buckets"]))
+def slice_dir(project_root: Path, key: str, step: int, layer: int) -> Path:
+    return scratch_dir(project_root, key) / f"step_{step:06d}_L{layer:02d}"
+
+
+def ensure_slice(spec: dict[str, Any], store: RunStore, device: torch.device, step: int, layer: int,
+                 probes: ProbeSource | None = None) -> Path:
+    """The complete activation store of one (step, layer) of a measurement — every site and set — in scratch,
+    generated from the checkpoint when absent (a complete slice left by an interrupted job is reused). Peak scratch
+    is this slice: sites × Σ_sets N × D × itemsize bytes."""
+    out = slice_dir(store.project_root, spec["measure_key"], step, layer)
+    if not is_complete(out):
+        probes = probes or ProbeSource(spec, store)
         cfg = {**spec["probe"], **spec["runtime"]}
-        dump_activations(store.final_dir("train", spec["inputs"]["train"]), probe, cfg, scratch, device)
-    return scratch
+        dump_activations(store.final_dir("train", spec["inputs"]["train"]), probes, cfg, out, device,
+                         steps=[step], layers=[layer])
+    return out
 
 
-def _copy_arrays(src: zarr.Group, dst_path: Path, names: list[str]) -> None:
-    """Copy arrays (same chunks, codecs, attributes and dimension names) chunk by chunk into a new store."""
-    dst = zarr.open_group(str(dst_path), mode="w")
-    for name in names:
-        arr = src[name]
-        out = dst.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=arr.chunks,
-                               compressors=arr.compressors, serializer=arr.serializer,
-                               attributes=dict(arr.attrs), dimension_names=arr.metadata.dimension_names)
-        for start in range(0, arr.shape[0], arr.chunks[0]):
-            out[start:start + arr.chunks[0]] = arr[start:start + arr.chunks[0]]
-
-
-def keep_activations(scratch: Path, work: Path, keep: str) -> dict[str, Any]:
-    """Copy what `probe.keep_activations` asks for (none | post-last | all) from scratch into the run dir `work`,
-    write work/manifest.json, and return the manifest."""
-    manifest = json.loads((scratch / "manifest.json").read_text())
-    if keep == "all":
-        shutil.copytree(scratch / "acts.zarr", work / "acts.zarr")
-    elif keep == "post-last" and "post" in manifest["sites"]:
-        last = max(manifest["steps"])
-        src = zarr.open_group(str(scratch / "acts.zarr"), mode="r")
-        names = [array_name(last, layer, "post", name) for layer in range(manifest["layers"]) for name in manifest["sets"]]
-        _copy_arrays(src, work / "acts.zarr", names)
+def keep_activations(spec: dict[str, Any], store: RunStore, work: Path, device: torch.device) -> dict[str, Any]:
+    """Write what `probe.keep_activations` asks for (none | post-last | all) into the run dir `work`, straight from
+    the checkpoints (nothing else goes to scratch: the spectra stage measures slice by slice), plus
+    work/manifest.json; returns the manifest."""
+    keep = spec["keep_activations"]
+    manifest = describe_measurement(spec, store)
+    if keep == "all" or (keep == "post-last" and "post" in manifest["sites"]):
+        steps, sites = (None, None) if keep == "all" else ([max(manifest["steps"])], ["post"])
+        dumped = dump_activations(store.final_dir("train", spec["inputs"]["train"]), ProbeSource(spec, store),
+                                  {**spec["probe"], **spec["runtime"]}, work / "kept", device, steps=steps,
+                                  sites=sites)
+        os.rename(work / "kept" / "acts.zarr", work / "acts.zarr")
+        shutil.rmtree(work / "kept")
+        manifest["compute_dtype"] = dumped["compute_dtype"]
+        manifest["kept_bytes"] = dumped["bytes"]
     manifest["kept"] = keep
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -82,6 +82,10 @@ class ProbeSpec:
     keep_activations: str = "none"  # none | all | post-last: what survives the spectra stage
     alphas: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, float("inf")])
     batch_size: int = 8  # probe forward batch (sequences)
+    # heldout: the fixed val probe set (buckets stage) | train_batch: at each checkpoint step s, the training batch
+    # of step s (the paper's telemetry, docs/science.md §5); buckets from rank 0's share, pooled = the whole batch
+    source: str = "heldout"
+    rank_share_tokens: int = 0  # train_batch: tokens of one data-parallel rank's share (0 = the whole batch)
 
 
 @dataclass
@@ -165,6 +169,7 @@ CHOICES = {
     "probe.dtype": ("float16", "float32"),
     "probe.keep_activations": ("none", "all", "post-last"),
     "probe.bucket_rule": ("paper", "mass"),
+    "probe.source": ("heldout", "train_batch"),
     "launcher.cluster": ("local", "debug", "slurm"),
     "fit.headline_site": ("pre", "post"),
     "fit.rho_aggregation": ("layer_median", "median_ratio"),
@@ -283,6 +288,10 @@ def validate(cfg: DictConfig, path: Path) -> None:
         fail("probe.sites", f"sites are 'pre' and/or 'post', got {list(cfg.probe.sites)}")
     if any(a < 0 for a in cfg.probe.alphas):
         fail("probe.alphas", "Rényi orders must be ≥ 0")
+    share, batch_tokens = int(cfg.probe.rank_share_tokens), int(cfg.train.batch_size) * int(cfg.train.seq_len)
+    if share < 0 or share % int(cfg.train.seq_len) or share > batch_tokens:
+        fail("probe.rank_share_tokens", f"whole train.seq_len windows within one batch of {batch_tokens} tokens (0 = "
+                                        f"the whole batch), e.g. 131072 = 1 of 4 ranks at 160M; got {share}")
     edges = list(cfg.probe.bucket_edges)
     if len(edges) != 2 or not 0 < edges[0] < edges[1] < 1:
         fail("probe.bucket_edges", f"two increasing mass fractions in (0, 1), e.g. [0.33, 0.67]; got {edges}")

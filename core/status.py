@@ -34,10 +34,12 @@ def run_costs(plan: StudyPlan, run: PlannedRun) -> dict[str, float]:
     n_params = (shape.vocab_size * shape.d_model * 2
                 + shape.n_layers * (4 * shape.d_model**2 + 2 * shape.d_model * shape.ffn_dim))
     n_ckpt = len(kept_checkpoints(t["steps"], t["log_every"], t["keep_checkpoints"], t["keep_all_checkpoints"]))
-    sets_tokens = 3 * probe.tokens_per_bucket + probe.pooled_tokens
+    sets_tokens = measured_tokens(probe, t)
     act_dtype = 2 if probe.dtype == "float16" else 4
     per_ckpt_sites = shape.n_layers * len(probe.sites)
     return {
+        # one (step, layer) slice with all its sites and sets: the most the spectra stage holds in scratch at once
+        "slice_bytes": len(probe.sites) * sets_tokens * shape.ffn_dim * act_dtype,
         "tokens": tokens,
         "flops": flops_per_token(shape, t["seq_len"]) * tokens,
         "ckpt_bytes": n_ckpt * n_params * 4,
@@ -45,6 +47,16 @@ def run_costs(plan: StudyPlan, run: PlannedRun) -> dict[str, float]:
         "spectra_bytes": n_ckpt * per_ckpt_sites * 4 * shape.ffn_dim * 8,
         "n_params": n_params,
     }
+
+
+def measured_tokens(probe: Any, train: Mapping[str, Any]) -> int:
+    """Tokens of all measured sets of one step (an upper bound: a skipped bucket measures none). heldout: three
+    buckets of tokens_per_bucket plus the pooled set; train_batch: rank 0's share split into buckets plus the whole
+    batch pooled (core/buckets.py batch_probe_set)."""
+    if probe.source == "train_batch":
+        batch = int(train["batch_size"]) * int(train["seq_len"])
+        return (int(probe.rank_share_tokens) or batch) + batch
+    return 3 * int(probe.tokens_per_bucket) + int(probe.pooled_tokens)
 
 
 def _count(n: float) -> str:
@@ -84,7 +96,8 @@ def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu:
     for run in plan.train:
         cost = run_costs(plan, run)
         gpu_h = cost["flops"] / (gpu_tflops * 1e12 * mfu) / 3600
-        totals.update({k: v for k, v in cost.items() if k != "n_params"})
+        totals.update({k: v for k, v in cost.items() if k not in ("n_params", "slice_bytes")})
+        totals["peak_scratch"] = max(totals["peak_scratch"], cost["slice_bytes"])
         totals["gpu_h"] += gpu_h
         state = "cached" if store.is_done("train", run.key) else "to run"
         print(f"{','.join(run.point.arms):<22} {run.label:<34} {cost['n_params'] / 1e6:>7.1f}M "
@@ -95,8 +108,12 @@ def print_plan(plan: StudyPlan, store: RunStore, gpu_tflops: float = 989.0, mfu:
     keep = study.probe.keep_activations
     print("bytes written by stage:")
     print(f"  train        checkpoints (weights only)  {_bytes(totals['ckpt_bytes'])}")
+    parallel = int(study.launcher.max_parallel)
     print(f"  activations  zarr, transient             {_bytes(totals['activation_bytes'])} "
-          f"(kept afterwards: {keep}; peak on one node is one run's share)")
+          f"(kept afterwards: {keep}; streamed one (step, layer) slice at a time)")
+    print(f"  scratch      peak per run                {_bytes(totals['peak_scratch'])} "
+          f"(one slice: sites × sets × D, probe.source {study.probe.source}); per node with max_parallel "
+          f"{parallel}: {_bytes(totals['peak_scratch'] * parallel)}")
     print(f"  spectra      eigenvalues (float64)       {_bytes(totals['spectra_bytes'])}")
     changed = changed_runs(plan, store, code)
     for stage in plan.run_stages():

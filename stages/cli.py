@@ -1,4 +1,5 @@
-"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate and fit-points.
+"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate, calibrate and
+fit-points.
 
 It sits above the library (specscale.*) and the stage scripts: the stages come from the stage table."""
 
@@ -9,10 +10,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from specscale.calibrate import run_calibration
 from specscale.fit import fit_points_cli
 from specscale.plan import StudyPlan
-from specscale.spec import SpecError
-from specscale.stages.runner import fingerprints, load_plan, run_stage
+from specscale.spec import SpecError, load_study
+from specscale.stages.runner import fingerprints, load_plan, plan_study, project_root, run_stage
 from specscale.stages.table import BY_NAME, STAGES
 from specscale.status import print_plan, print_status, print_why
 
@@ -67,6 +69,14 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    params = Path(args.params) if args.params else project_root() / "params.yaml"
+    return run_calibration(load_study(params), params, plan_study, lambda name, plan, store: run_stage(
+        BY_NAME[name], plan, store), steps=args.steps, width=args.width, layers=args.layers,
+        micro_batch=args.micro_batch, probe_tokens=args.probe_tokens, synthetic=args.synthetic_data,
+        gpu_tflops=args.gpu_tflops, plan_mfu=args.mfu)
+
+
 def _fit_points(args: argparse.Namespace) -> int:
     return fit_points_cli(args.file, args.out)
 
@@ -94,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=_gc)
     sub.add_parser("validate", help="check params.yaml and the preset").set_defaults(func=_validate)
+    p = sub.add_parser("calibrate", help="run every per-run stage for a few steps here, at the preset's real shapes, "
+                       "in a temporary project; print time, memory, MFU and the whole study extrapolated")
+    p.add_argument("--steps", type=int, default=3, help="training steps to measure (default 3)")
+    p.add_argument("--width", type=int, default=None, help="FFN width multiplier k (default: the largest swept)")
+    p.add_argument("--layers", type=int, default=None, help="measure fewer layers (default: the preset's)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="sequences per step (default: train.micro_batch_size, the per-device memory of a step)")
+    p.add_argument("--probe-tokens", type=int, default=1024,
+                   help="held-out probe N per bucket (pooled: 2N; 0 = the preset's); a train_batch probe "
+                   "is the step's batch")
+    p.add_argument("--synthetic-data", action="store_true",
+                   help="`bin` presets: measure on synthetic GPT-2-vocabulary shards written to the temporary project")
+    p.add_argument("--gpu-tflops", type=float, default=None,
+                   help="peak TFLOP/s of this device, for MFU (default: 989 on CUDA, none on CPU)")
+    p.add_argument("--mfu", type=float, default=0.4, help="the MFU `plan` assumes, for its estimate")
+    p.set_defaults(func=_calibrate)
     p = sub.add_parser("fit-points", help="fit rank ∝ D^β on rank points from any source (CSV)")
     p.add_argument("file")
     p.add_argument("--out", default=None, help="write the fitted table as CSV")

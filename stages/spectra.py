@@ -1,6 +1,6 @@
 """spectra stage (fan-out): eigenvalues and effective ranks of every activation array of a measured run
-(specscale.measure). The activations are read from scratch, or regenerated there from the checkpoints when absent,
-so the dump and the eigendecomposition can share one job on a cluster."""
+(specscale.measure). Activations are dumped to scratch from the checkpoints one (step, layer) slice at a time,
+measured and deleted, so the dump and the eigendecomposition share one job and peak scratch is one slice."""
 
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("tokenize", "single", 1, tokenize.run_one, module=tokenize.__name__),
     Stage("buckets", "single", 1, buckets.run_one, module=buckets.__name__),
     Stage("train", "fan_out", 1, train.run_one, module=train.__name__),
-    Stage("activations", "fan_out", 1, activations.run_one, activations.select, module=activations.__name__),
-    Stage("spectra", "fan_out", 2, spectra.run_one, spectra.select, module=spectra.__name__),
+    Stage("activations", "fan_out", 2, activations.run_one, activations.select, module=activations.__name__),
+    Stage("spectra", "fan_out", 3, spectra.run_one, spectra.select, module=spectra.__name__),
     Stage("fit", "aggregate", 1, fit.main, module=fit.__name__),
     Stage("compare", "aggregate", 1, compare.main, module=compare.__name__),
     Stage("report", "aggregate", 1, report.main, module=report.__name__),
@@ -42,4 +42,6 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 # Run keys hash the version of the stage that made them (aggregate stages own no runs; their version is informative).
 # spectra 2: ranks.csv gains `noise_floor`; orders α < 0.5 cut storage-rounding noise (docs/science.md §9).
+# activations 2 / spectra 3: probe.source (train_batch: each step's training batch); spectra dumps and measures one
+# (step, layer) slice at a time; n_tokens is (step, bucket); the activations run holds only what it keeps.
 VERSIONS: dict[str, int] = {s.name: s.version for s in STAGES}

@@ -1,4 +1,5 @@
-"""tokenize stage (single run): corpus → BPE → train.bin / val.bin token shards (specscale.dataset)."""
+"""tokenize stage (single run): corpus → BPE → train.bin / val.bin, or for `.bin` shards a manifest that reads them in
+place (specscale.dataset)."""
 
 from __future__ import annotations
 

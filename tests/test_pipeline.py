@@ -107,22 +107,24 @@ def test_kept_activations_open_with_zarr_and_xarray(project: Path) -> None:
 
 
 def test_corrupt_activation_chunk_is_detected_and_regenerated(project: Path) -> None:
-    """A damaged chunk in the scratch store must never be read as data: spectra regenerates and gets the same result."""
+    """A damaged chunk in a scratch slice must never be read as data: spectra regenerates it and gets the same result.
+    (A complete slice left in scratch, e.g. by an interrupted job, is reused, so a corrupt one is read and caught.)"""
     import glob
 
     import numpy as np
     import xarray as xr
 
     from specscale.cache import RunStore
-    from specscale.probe import ensure_activations
+    from specscale.probe import ensure_slice
     from specscale.train import resolve_device
 
     key = sorted(_finished(project, "spectra"))[-1]
     spectra_dir = project / "runs/spectra" / key
-    before = xr.open_zarr(spectra_dir / "spectra.zarr", consolidated=False)["eigenvalues"].values
+    before_ds = xr.open_zarr(spectra_dir / "spectra.zarr", consolidated=False)
+    before = before_ds["eigenvalues"].values
     spec = json.loads((spectra_dir / "spec.json").read_text())
     store = RunStore(project)
-    scratch = ensure_activations(spec, store, resolve_device("cpu"))
+    scratch = ensure_slice(spec, store, resolve_device("cpu"), int(before_ds["step"].values[0]), 0)
     chunks = sorted(glob.glob(str(scratch / "acts.zarr" / "step_*" / "L00" / "post" / "GLOBAL" / "c" / "**" / "*"),
                           recursive=True))
     chunk = Path([c for c in chunks if Path(c).is_file()][0])

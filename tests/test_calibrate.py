@@ -1,0 +1,108 @@
+"""`specscale calibrate`: every per-run stage measured in a temporary project, the study extrapolated; a missing shard
+and a failing stage reported in one clear line each; the user's project untouched."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specscale.calibrate import STAGES, calibration_study, write_synthetic_shards
+from specscale.shards import GPT2_VOCAB, open_tokens
+from specscale.spec import load_study
+from specscale.stages.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _project(tmp_path: Path, preset: str, extra: str = "") -> Path:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"preset: {REPO / 'specs' / preset}.yaml\n{extra}")
+    return params
+
+
+def _row(out: str, stage: str) -> str:
+    rows = [ln for ln in out.splitlines() if ln.startswith(f"{stage} ")]
+    assert len(rows) == 1, out
+    return rows[0]
+
+
+def test_smoke_calibration_prints_every_stage_and_the_extrapolation(tmp_path, capsys):
+    params = _project(tmp_path, "smoke", "sweep: {optimizers: [adamw, muon], widths: [1, 3], seeds: [0]}\n")
+    assert main(["--params", str(params), "calibrate", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "measured run: adamw k=3 seed=0, 2 layers (preset 2), micro-batch 8 × seq 64, 2 steps" in out
+    for stage in STAGES:  # time, peak RSS, peak GPU (n/a on CPU), ok
+        assert re.search(r"^\S+ +[\d.]+ (s|min) +[\d.]+ [kMG]?B +(n/a|[\d.]+ [kMG]?B) +ok", _row(out, stage)), out
+    assert re.search(r"ok: [\d.]+ s/step, [\d,]+ tok/s, [\d,.]+ GFLOP/s, MFU n/a \(CPU\)", _row(out, "train")), out
+    assert "whole study (4 training runs), extrapolated to one device like this one:" in out
+    assert re.search(r"^  total +[\d.]+ (s|min|h) = [\d.,]+ device-hours", out, re.M), out
+    assert "plan's estimate (train only):" in out
+    assert "Σ_runs FLOPs(run) / measured training FLOP/s" in out
+    assert not (tmp_path / "runs").exists()  # measured in a temporary project, never the user's
+
+
+def test_missing_shard_names_the_file_and_the_fix(tmp_path, capsys):
+    params = _project(tmp_path, "gpt2-160m")
+    assert main(["--params", str(params), "calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/data/fineweb10B/fineweb_train_*.bin" in err
+    assert "--synthetic-data" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_stage_is_one_line_without_traceback(tmp_path, capsys, monkeypatch):
+    params = _project(tmp_path, "smoke", "sweep: {optimizers: [adamw], widths: [1], seeds: [0]}\n")
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    # the real launcher path (in-process run, error.log), with training failing as it would at scale
+    monkeypatch.setattr("specscale.stages.train.train_run", out_of_memory)
+    assert main(["--params", str(params), "calibrate", "--steps", "1"]) == 1
+    out = capsys.readouterr()
+    assert _row(out.out, "train").endswith("FAILED: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "Traceback" not in out.out + out.err
+    assert not [ln for ln in out.out.splitlines() if ln.startswith(("activations ", "spectra ", "whole study"))]
+    kept = re.search(r"temporary project kept: (\S+)\)$", out.out, re.M)
+    assert kept and (Path(kept[1]) / "calibrate.log").is_file()  # kept for its log
+    shutil.rmtree(kept[1])
+
+
+def test_calibration_study_reduces_the_sweep_and_keeps_the_shapes(tmp_path):
+    study = load_study(_project(tmp_path, "gpt2-160m"))
+    cfg = calibration_study(study, steps=3, width=None, layers=None, micro_batch=None, probe_tokens=1024)
+    assert (list(cfg.sweep.optimizers), list(cfg.sweep.widths), dict(cfg.ablations)) == (["adamw"], [8], {})
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.train.seq_len) == (12, 768, 512)
+    assert (cfg.train.batch_size, cfg.train.micro_batch_size, cfg.train.steps, cfg.train.log_every) == (64, 64, 3, 3)
+    # the probe is the step's training batch (probe.source train_batch): rank 0's share fits the reduced batch
+    assert (cfg.probe.source, cfg.probe.rank_share_tokens, cfg.launcher.cluster) == ("train_batch", 64 * 512, "debug")
+    small = calibration_study(load_study(_project(tmp_path, "smoke")), 2, 2, 1, 4, 1024)  # heldout probe set
+    assert (small.sweep.widths[0], small.model.n_layers, small.train.batch_size) == (2, 1, 4)
+    assert (small.probe.tokens_per_bucket, small.probe.pooled_tokens) == (1024, 2048)
+    assert study.train.steps == 6000  # the user's study is not modified
+
+
+def test_synthetic_shards_are_gpt2_vocabulary_bin_shards(tmp_path):
+    patterns = write_synthetic_shards(tmp_path, 3000, 1000)
+    assert patterns == {"paths": [str(tmp_path / "train_*.bin")], "val_paths": [str(tmp_path / "val_*.bin")]}
+    train = np.asarray(open_tokens(tmp_path / "train_000000.bin"))
+    assert train.shape == (3000,) and 0 <= train.min() and train.max() < GPT2_VOCAB
+    assert np.asarray(open_tokens(tmp_path / "val_000000.bin")).shape == (1000,)
+
+
+@pytest.mark.slow
+def test_gpt2_160m_calibrates_on_cpu_in_minutes(tmp_path, capsys):
+    """The ≤ 15-minute check: the paper's preset at k = 8, real d_model, vocabulary, sequence length, probe D; one
+    layer and one sequence per step on CPU."""
+    params = _project(tmp_path, "gpt2-160m")
+    argv = ["--params", str(params), "calibrate", "--synthetic-data", "--layers", "1", "--micro-batch", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "measured run: adamw k=8 seed=0, 1 layers (preset 12), micro-batch 1 × seq 512, 3 steps" in out
+    for stage in STAGES:
+        assert " ok" in _row(out, stage), out
+    assert "whole study (" in out and "plan's estimate (train only):" in out
