@@ -134,11 +134,11 @@ def test_default_hparams_exact_and_json() -> None:
         "betas": [0.9, 0.95],
         "eps": 1e-8,
         "weight_decay": 0.01,
-        "embed_lr": 3e-3,
+        "embed_lr": None,  # tied to lr (resolve_lr_ties)
         "embed_weight_decay": 0.0,
-        "head_lr": 3e-3,
+        "head_lr": None,
         "head_weight_decay": 0.0,
-        "other_lr": 3e-3,
+        "other_lr": None,
         "other_weight_decay": 0.0,
     }
     assert default_hparams("muon") == muon

@@ -225,6 +225,19 @@ def test_a_sweep_over_lr_moves_the_tied_lion_lrs(tmp_path: Path) -> None:
     assert run.spec["optim"]["hparams"]["embed_lr"] == 0.01 and run.spec["optim"]["hparams"]["head_lr"] == 0.005
 
 
+def test_a_sweep_over_adamw_lr_moves_every_role(tmp_path: Path) -> None:
+    """Under AdamW the authors' code sets every param group's lr to lr (the head is not scaled by d_model)."""
+    params = make_project(tmp_path, "preset: gpt2-160m\noptim: {adamw: {lr: 0.001}}\n"
+                                    "ablations: {}\nsweep: {optimizers: [adamw], widths: [1]}\n")
+    (run,) = expand_sweep(load_study(params), params)
+    hp = run.spec["optim"]["hparams"]
+    assert hp["lr"] == hp["embed_lr"] == hp["head_lr"] == hp["other_lr"] == 0.001
+    params = make_project(tmp_path / "b", "preset: gpt2-160m\noptim: {adamw: {lr: 0.001, embed_lr: 0.002}}\n"
+                                          "ablations: {}\nsweep: {optimizers: [adamw], widths: [1]}\n")
+    (run,) = expand_sweep(load_study(params), params)
+    assert run.spec["optim"]["hparams"]["embed_lr"] == 0.002 and run.spec["optim"]["hparams"]["head_lr"] == 0.001
+
+
 def test_tied_lrs_reach_the_lion_param_groups() -> None:
     embed, head, q = (torch.nn.Parameter(torch.zeros(8, 4)) for _ in range(3))
     named = [("embed.weight", embed), ("blocks.0.attn.q.weight", q), ("head.weight", head)]

@@ -62,6 +62,8 @@ DION: Final[Mapping[str, Any]] = MappingProxyType(
 LION: Final[Mapping[str, Any]] = MappingProxyType({"lr": MATRIX["lr"], "betas": (0.95, 0.98), "weight_decay": 0.0})
 
 # AdamW: one lr for every role (the head's is not scaled by d_model under AdamW), weight decay on block matrices only.
+# The per-role lrs default to None = tied to `lr` (the authors' code sets every param group's lr to lr under AdamW),
+# so an lr sweep moves all of them; `resolve_lr_ties` writes the numbers into the run spec.
 _ADAMW_LR: Final = 3e-3
 _ADAMW_SCALAR_WEIGHT_DECAY: Final = 0.0
 ADAMW: Final[Mapping[str, Any]] = MappingProxyType(
@@ -70,11 +72,11 @@ ADAMW: Final[Mapping[str, Any]] = MappingProxyType(
         "betas": (0.9, 0.95),
         "eps": 1e-8,
         "weight_decay": 0.01,
-        "embed_lr": _ADAMW_LR,
+        "embed_lr": None,
         "embed_weight_decay": _ADAMW_SCALAR_WEIGHT_DECAY,
-        "head_lr": _ADAMW_LR,
+        "head_lr": None,
         "head_weight_decay": _ADAMW_SCALAR_WEIGHT_DECAY,
-        "other_lr": _ADAMW_LR,
+        "other_lr": None,
         "other_weight_decay": _ADAMW_SCALAR_WEIGHT_DECAY,
     }
 )
@@ -93,7 +95,7 @@ _LION_SIDE: Final[Mapping[str, Any]] = MappingProxyType(
         "other_lr": None,
     }
 )
-TIED_LRS: Final = ("embed_lr", "head_lr", "other_lr")  # Lion-side keys whose None means "tied to lr"
+TIED_LRS: Final = ("embed_lr", "head_lr", "other_lr")  # per-role keys whose None means "tied to lr"
 
 # Key order is part of the contract (the dicts go into the run spec as they are).
 _HPARAMS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
@@ -125,12 +127,11 @@ def parse_optimizer_name(name: str) -> tuple[str, float | None]:
 
 
 def resolve_lr_ties(name: str, hparams: Mapping[str, Any], d_model: int) -> dict[str, Any]:
-    """A copy of `hparams` (every key of `name`) with the tied Lion lrs as numbers (docs/science.md §4.6): a None
-    embed_lr or other_lr becomes lr, a None head_lr becomes lr / √d_model. AdamW's lrs are numbers already."""
+    """A copy of `hparams` (every key of `name`) with the tied per-role lrs as numbers (docs/science.md §4.6): a None
+    embed_lr or other_lr becomes lr; a None head_lr becomes lr / √d_model under Lion and lr under AdamW."""
     hp = dict(hparams)
-    if parse_optimizer_name(name)[0] == "adamw":
-        return hp
-    tied = {"embed_lr": hp["lr"], "head_lr": hp["lr"] / math.sqrt(d_model), "other_lr": hp["lr"]}
+    head_lr = hp["lr"] if parse_optimizer_name(name)[0] == "adamw" else hp["lr"] / math.sqrt(d_model)
+    tied = {"embed_lr": hp["lr"], "head_lr": head_lr, "other_lr": hp["lr"]}
     for key in TIED_LRS:
         if hp[key] is None:
             hp[key] = tied[key]
