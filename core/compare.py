@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from specscale.buckets import BUCKET_NAMES
-from specscale.fit import FIT_METRICS, ols_loglog
+from specscale.fit import FIT_METRICS
+from specscale.run_labels import fmt_value
 from specscale.spec import TrainSpec
 
 # The paper counts 30 attention-rank comparisons = 5 optimizers × {HEAD, MID, TAIL} × {soft, hard}: pooled (GLOBAL)
@@ -32,15 +33,6 @@ TIE_TOL = 1e-12  # |gain − shift| at or below this is a tie (counts as not exc
 # passed in by the compare stage; this default is the spec's, not a second copy of it.
 DIVERGED_PPL: float = TrainSpec.diverged_ppl
 MIN_WIDTHS = 3  # a group with fewer widths is not a scaling-law fit (e.g. the PostLN runs at one width)
-
-
-def fmt_value(value: Any) -> str:
-    """Canonical text of a varied value or hyperparameter: 0.25 → '0.25', 1.0 → '1', 1e-4 → '0.0001'."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}" if abs(value) >= 1e-4 or value == 0 else f"{value:.6f}".rstrip("0")
-    return str(value)
 
 
 def parse_varied(value: Any) -> dict[str, Any]:
@@ -300,31 +292,6 @@ def matched_loss(runs: pd.DataFrame, betas: pd.DataFrame, groups: pd.DataFrame) 
             row["diff_long_minus_base"] = row["beta_long"] - row["beta_base"]
             beta_rows.append(row)
     return pd.DataFrame(ppl_rows), pd.DataFrame(beta_rows)
-
-
-def layer_medians_per_step(long: pd.DataFrame) -> pd.DataFrame:
-    """Per run, step, bucket, site and metric: the median over layers (no checkpoint aggregation: one step)."""
-    keys = ["run", "step", "bucket", "site", "metric"]
-    return long.groupby(keys)["value"].median().reset_index()
-
-
-def beta_over_training(per_step: pd.DataFrame, runs: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
-    """OLS of ln(rank) on ln(D) over widths at every kept checkpoint step, per group, bucket, site and metric."""
-    if per_step.empty:
-        return pd.DataFrame()
-    data = per_step.join(runs.set_index("run")[["group", "ffn_dim"]], on="run")
-    data = data[data["group"].isin(groups.loc[groups["n_widths"] >= MIN_WIDTHS, "group"])]
-    info = groups.set_index("group")
-    rows = []
-    for (grp, step, bucket, site, metric), part in data.groupby(["group", "step", "bucket", "site", "metric"]):
-        res = ols_loglog(part["ffn_dim"], part["value"])
-        total = int(info.loc[grp, "steps"])
-        rows.append({"group": grp, "display": info.loc[grp, "display"], "family": info.loc[grp, "family"],
-                     "seed": int(info.loc[grp, "seed"]), "step": int(step), "steps_total": total,
-                     "fraction": step / total if total else math.nan,
-                     "bucket": bucket, "site": site, "metric": metric, "beta": res.beta, "ci95_low": res.ci_low,
-                     "ci95_high": res.ci_high, "r2": res.r2, "n_widths": res.n, "fitted": res.fitted})
-    return pd.DataFrame(rows)
 
 
 def parse_alpha(metric: str) -> float:

@@ -8,7 +8,6 @@ Outputs (results/compare/, every file always written, empty when its family is n
                             exceptions, missing, skipped); optimizer_gain.csv: the gains
   matched_loss_ppl.csv      groups differing only in train.steps: perplexity per width beside the base group
   matched_loss_beta.csv     ... and their β side by side
-  beta_over_training.csv    β fitted at every kept checkpoint step
   ppl_by_width.csv          validation perplexity per run (+ ppl_table.csv: group × width, × = diverged)
   postln.csv                partial PostLN: optimizer × fraction, perplexity or ×
   renyi.csv                 pre rank, post rank and ρ_α per run, bucket and α
@@ -39,30 +38,7 @@ from specscale.figure_data import beta_interval_data, first_seed, rank_width_dat
 from specscale.fit import FIT_METRICS
 from specscale.paper import load_published, our_cells, side_by_side
 from specscale.plan import StudyPlan
-from specscale.sweep import resolve_hparams
-
-
-def format_extra(diff: dict[str, Any]) -> str:
-    """An arm's optimizer overrides as text; lr, embed_lr and head_lr all set to one value read 'lr=<v>'."""
-    if not diff:
-        return ""
-    lrs = {k: v for k, v in diff.items() if k.endswith("lr")}
-    if lrs and len(set(map(str, lrs.values()))) == 1:
-        rest = {k: v for k, v in diff.items() if k not in lrs}
-        diff = {"lr": next(iter(lrs.values())), **rest}
-    return " ".join(f"{k}={cmp.fmt_value(v)}" for k, v in diff.items())
-
-
-def optim_extras(plan: StudyPlan) -> dict[str, str]:
-    """Training run key → the hyperparameters its arm overrides relative to the study's own (e.g. 'lr=0.0001')."""
-    out, defaults = {}, {}
-    for run in plan.train:
-        name = run.point.optimizer
-        if name not in defaults:
-            defaults[name] = resolve_hparams(plan.study, name, None, Path("params.yaml"))
-        hp = run.spec["optim"]["hparams"]
-        out[run.key] = format_extra({k: v for k, v in hp.items() if defaults[name].get(k) != v})
-    return out
+from specscale.run_labels import format_extra, optim_extras  # noqa: F401 (re-exported: stages.compare)
 
 
 def read_csv(path: Path, dtype: Any = None) -> pd.DataFrame:
@@ -71,20 +47,6 @@ def read_csv(path: Path, dtype: Any = None) -> pd.DataFrame:
         return pd.read_csv(path, dtype=dtype)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return pd.DataFrame()
-
-
-def read_step_ranks(runs: pd.DataFrame, groups: pd.DataFrame, spectra_root: Path) -> pd.DataFrame:
-    """Layer medians per step of soft and hard rank, for every measured run of a width-sweep group."""
-    sweep = set(groups.loc[groups["n_widths"] >= cmp.MIN_WIDTHS, "group"])
-    parts = []
-    for r in runs[runs["measured"].astype(bool) & runs["group"].isin(sweep)].itertuples():
-        path = spectra_root / r.spectra_key / "ranks.csv"
-        if not path.exists():
-            continue
-        df = pd.read_csv(path).melt(id_vars=["step", "layer", "site", "bucket"], value_vars=list(FIT_METRICS),
-                                    var_name="metric", value_name="value")
-        parts.append(df.assign(run=r.run))
-    return cmp.layer_medians_per_step(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame()
 
 
 def eigen_decay(runs: pd.DataFrame, groups: pd.DataFrame, spectra_root: Path, site: str = "post",
@@ -182,8 +144,6 @@ COMPARE_TABLES: tuple[CompareTable, ...] = (
     CompareTable("optimizer_gain", lambda c: c.arch.gains),
     CompareTable("matched_loss_ppl", lambda c: c.matched[0]),
     CompareTable("matched_loss_beta", lambda c: c.matched[1]),
-    CompareTable("beta_over_training", lambda c: cmp.beta_over_training(
-        read_step_ranks(c.runs, c.groups, c.spectra_root), c.runs, c.groups)),
     CompareTable("ppl_by_width", lambda c: c.ppl, read_as={"cell": str}),
     CompareTable("ppl_table", lambda c: cmp.ppl_wide(c.ppl), read_as=str),
     CompareTable("postln", lambda c: cmp.postln_table(c.runs, c.groups, c.threshold), read_as=str),

@@ -6,6 +6,7 @@ Shared by the report (altair) and by the compare stage, which writes the same ta
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -82,3 +83,40 @@ def delta_data(betas: pd.DataFrame, groups: pd.DataFrame, site: str = "post") ->
                           "phase": "trained" if r.phase == "trained" else "step 0", "delta": r.delta_soft_hard}
                          for r in sel.itertuples()], columns=["display", "bucket", "phase", "delta"])
 
+
+
+def _base_or_steps(varied: object) -> bool:
+    """A group of the base architecture (nothing varied, or only the number of steps): the curves over training."""
+    parsed = json.loads(varied) if isinstance(varied, str) and varied else {}
+    return set(parsed) <= {"train.steps"}
+
+
+def beta_training_data(steps_seeds: pd.DataFrame, site: str = "post") -> pd.DataFrame:
+    """β against training tokens per optimizer (base architecture, and step-count arms): the mean over seeds with
+    the between-seed 95% interval (low/high; NaN with one seed) at every kept step > 0 (kind 'trained'), and the
+    step-0 β, the untrained network's, as a baseline (kind 'step 0')."""
+    if steps_seeds.empty:
+        return pd.DataFrame()
+    sel = steps_seeds[(steps_seeds["site"] == site) & steps_seeds["metric"].isin(FIT_METRICS)
+                      & steps_seeds["varied"].map(_base_or_steps)]
+    return pd.DataFrame([{"display": r.config, "bucket": r.bucket, "metric": METRIC_NAMES[r.metric],
+                          "tokens": float(r.tokens), "step": int(r.step), "beta": r.beta_mean,
+                          "low": r.seed_ci95_low, "high": r.seed_ci95_high, "n_seeds": int(r.n_seeds),
+                          "kind": "step 0" if r.step == 0 else "trained"} for r in sel.itertuples()],
+                        columns=["display", "bucket", "metric", "tokens", "step", "beta", "low", "high", "n_seeds",
+                                 "kind"])
+
+
+def gap_training_data(gaps_steps: pd.DataFrame, site: str = "post") -> pd.DataFrame:
+    """β(optimizer) − β(reference) against training tokens, base architecture only, steps > 0, with the across-seed
+    95% interval (NaN with fewer than 2 seeds a side)."""
+    if gaps_steps.empty:
+        return pd.DataFrame()
+    sel = gaps_steps[(gaps_steps["site"] == site) & gaps_steps["metric"].isin(FIT_METRICS)
+                     & (gaps_steps["setting"].fillna("") == "") & (gaps_steps["step"] > 0)]
+    return pd.DataFrame([{"comparison": r.comparison, "bucket": r.bucket, "metric": METRIC_NAMES[r.metric],
+                          "tokens": float(r.tokens), "step": int(r.step), "diff": r.diff, "low": r.diff_ci95_low,
+                          "high": r.diff_ci95_high, "n_seeds": int(min(r.n_seeds, r.n_seeds_ref))}
+                         for r in sel.itertuples()],
+                        columns=["comparison", "bucket", "metric", "tokens", "step", "diff", "low", "high",
+                                 "n_seeds"])

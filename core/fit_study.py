@@ -12,6 +12,8 @@ Outputs (results/):
                       and mixed_code / mixed_spec: what differs across the group's widths besides the width
   betas_per_layer.csv the same fit on each layer's medians (does the layer median hide disagreement?)
   betas_seeds.csv     across seeds: mean β and a t-interval over seeds (only when the sweep has ≥ 2 seeds)
+  betas_steps.csv, betas_steps_seeds.csv, beta_gaps.csv, beta_gaps_steps.csv: β at every kept step, its seed means,
+                      and each optimizer minus the reference with an across-seed interval (specscale.seed_stats)
   betas.json          headline β (post site) for `dvc metrics`; perplexity.json likewise
 """
 
@@ -25,10 +27,11 @@ from typing import Any
 import pandas as pd
 
 from specscale.cache import CODE_FIELD, RunStore, stable_hash
-from specscale.fit import (FIT_METRICS, aggregate_checkpoints_and_layers, bootstrap_beta, fit_points,
-                           seed_mean_interval, soft_minus_hard)
+from specscale.fit import FIT_METRICS, aggregate_checkpoints_and_layers, bootstrap_beta, fit_points, soft_minus_hard
 from specscale.fingerprint import mixed_files
 from specscale.plan import StudyPlan
+from specscale.run_labels import optim_extras
+from specscale.seed_stats import betas_per_step, optimizer_gaps, seed_means
 from specscale.spectra import MIN_N_OVER_D, tail_integrity_index
 
 GROUP_KEYS = ["group", "phase", "bucket", "site", "metric"]  # one β per combination
@@ -39,6 +42,7 @@ BETA_COLUMNS = [*GROUP_KEYS, "beta", "ci95_low", "ci95_high", "r2", "n_widths", 
 def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
     """One row per finished training run: labels, group hashes, validation result, whether it was measured."""
     rows = []
+    extras = optim_extras(plan)
     for train, spectra in zip(plan.train, plan.spectra):
         if not store.is_done("train", train.key):
             continue
@@ -50,7 +54,11 @@ def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
             "run": train.key, "spectra_key": spectra.key, "label": point.label, "arms": ",".join(point.arms),
             "group": stable_hash(point.group_spec()), "seed_group": stable_hash(no_seed),
             "group_label": point.group_label, "optimizer": point.optimizer, "width_mult": point.width,
+            "optim_extra": extras[train.key],
+            # the configuration without width and seed ('muon lr=0.01 n_heads=2'): the label of a seed group
+            "config": " ".join(x for x in (point.optimizer, extras[train.key], point.varied_label) if x),
             "ffn_dim": result["ffn_dim"], "seed": point.seed, "steps": train.spec["train"]["steps"],
+            "tokens_per_step": train.spec["train"]["batch_size"] * train.spec["train"]["seq_len"],
             "varied": json.dumps(point.varied, sort_keys=True),
             "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "diverged": result["diverged"],
             "measured": store.is_done("spectra", spectra.key),
@@ -239,16 +247,25 @@ def fit_per_layer(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def fit_seeds(betas: pd.DataFrame) -> pd.DataFrame:
     """Mean β across seeds with a t-interval, per seed group (groups equal but for the seed) with ≥ 2 seeds."""
-    rows = []
-    fitted = betas[betas["fitted"] & betas["metric"].isin(FIT_METRICS)]
-    for key, part in fitted.groupby(["seed_group", "phase", "bucket", "site", "metric"]):
-        if part["seed"].nunique() < 2:
-            continue
-        s = seed_mean_interval(part["beta"].to_numpy())
-        rows.append({**dict(zip(["seed_group", "phase", "bucket", "site", "metric"], key)),
-                     "group_label": part["group_label"].iloc[0].split(" seed=")[0], "n_seeds": s.n,
-                     "beta_mean": s.mean, "seed_ci95_low": s.ci_low, "seed_ci95_high": s.ci_high, "beta_sd": s.sd})
-    return pd.DataFrame(rows)
+    means = seed_means(betas, ["seed_group", "phase", "bucket", "site", "metric"])
+    return means[means["n_seeds"] >= 2].reset_index(drop=True) if not means.empty else means
+
+
+def write_seed_tables(long: pd.DataFrame, runs: pd.DataFrame, betas: pd.DataFrame, reference: str, kind: str,
+                      out: Path) -> None:
+    """betas_steps.csv, betas_steps_seeds.csv, beta_gaps.csv and beta_gaps_steps.csv (specscale.seed_stats)."""
+    steps = betas_per_step(long, runs)
+    steps.to_csv(out / "betas_steps.csv", index=False)
+    step_keys = ["step", "bucket", "site", "metric"]
+    seed_cols = ["seed_group", "step", "tokens", "bucket", "site", "metric"]
+    (seed_means(steps, seed_cols) if not steps.empty else pd.DataFrame()).to_csv(out / "betas_steps_seeds.csv",
+                                                                                 index=False)
+    optimizer_gaps(betas, runs, reference, ["phase", "bucket", "site", "metric"], kind).to_csv(
+        out / "beta_gaps.csv", index=False)
+    gaps = optimizer_gaps(steps, runs, reference, step_keys, kind) if not steps.empty else pd.DataFrame()
+    if not gaps.empty:
+        gaps["tokens"] = gaps["step"] * gaps["tokens_per_step"]
+    gaps.to_csv(out / "beta_gaps_steps.csv", index=False)
 
 
 def add_delta_column(betas: pd.DataFrame) -> pd.DataFrame:
@@ -301,6 +318,7 @@ def write_fit_results(plan: StudyPlan, store: RunStore, out: Path) -> int:
     betas.to_csv(out / "betas.csv", index=False)
     fit_per_layer(layers, runs).to_csv(out / "betas_per_layer.csv", index=False)
     fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
+    write_seed_tables(long, runs, betas, str(fit_cfg.reference_optimizer), str(fit_cfg.gap_interval), out)
     (out / "betas.json").write_text(json.dumps(headline_json(betas, fit_cfg.headline_site), indent=2, sort_keys=True))
     print_beta_table(betas, fit_cfg.headline_site)
     return 0

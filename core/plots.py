@@ -96,26 +96,46 @@ def eigen_decay(data: pd.DataFrame, title: str) -> alt.Chart | None:
     ).properties(width=520, height=300, title=title)
 
 
-def beta_over_training(data: pd.DataFrame, title: str, site: str = "post") -> alt.FacetChart | None:
+def _clipped_scale(values: pd.Series, extra: tuple[float, ...] = ()) -> alt.Scale:
+    """A y axis that follows the estimates (intervals from few seeds or widths can be huge and are clipped)."""
+    lo, hi = min([float(values.min()), *extra]), max([float(values.max()), *extra])
+    pad = max(0.2, 0.25 * (hi - lo))
+    return alt.Scale(domain=[lo - pad, hi + pad])
+
+
+def beta_over_training(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """β against training tokens per optimizer: the mean over seeds (line), the between-seed 95% interval (band,
+    clipped to the axis) and the step-0 β of the same runs (dashed rule: the untrained network's)."""
+    if data.empty or not (data["kind"] == "trained").any():
+        return None
+    y_scale = _clipped_scale(data["beta"])
+    base = alt.Chart().encode(color=alt.Color("display:N", title=None))
+    trained = base.transform_filter(alt.datum.kind == "trained")
+    x = alt.X("tokens:Q", title="training tokens")
+    line = trained.mark_line(point=True, clip=True).encode(
+        x=x, y=alt.Y("beta:Q", title="β", scale=y_scale),
+        tooltip=["display", "step", alt.Tooltip("tokens:Q", format=",.0f"), alt.Tooltip("beta:Q", format=".3f"),
+                 alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f"), "n_seeds"])
+    band = trained.mark_area(opacity=0.15, clip=True).encode(x=x, y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
+    baseline = base.transform_filter(alt.datum.kind == "step 0").mark_rule(strokeDash=[4, 3], opacity=0.7).encode(
+        y=alt.Y("beta:Q", scale=y_scale), tooltip=["display", alt.Tooltip("beta:Q", format=".3f", title="step-0 β")])
+    return _facet(alt.layer(line, band, baseline), data, title)
+
+
+def gap_over_training(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """β(optimizer) − β(reference) against training tokens with the across-seed 95% interval (band) and 0."""
     if data.empty:
         return None
-    # Base and matched-loss groups, lowest seed: the ablations would bury the curves that matter here.
-    sel = data[(data["site"] == site) & data["fitted"].astype(bool) & data["family"].isin(["base", "steps"])].copy()
-    sel = sel[sel["seed"] == sel["seed"].min()]
-    if sel.empty:
-        return None
-    sel["metric"] = sel["metric"].str.replace("_rank", "")
-    # Few widths make intervals huge (t with n−2 dof): the axis follows β, and intervals are clipped to it.
-    lo, hi = float(sel["beta"].min()), float(sel["beta"].max())
-    pad = max(0.2, 0.25 * (hi - lo))
-    y_scale = alt.Scale(domain=[lo - pad, hi + pad])
-    base = alt.Chart().encode(x=alt.X("step:Q", title="training step"), color=alt.Color("display:N", title=None))
+    y_scale = _clipped_scale(data["diff"], (0.0,))
+    base = alt.Chart().encode(x=alt.X("tokens:Q", title="training tokens"),
+                              color=alt.Color("comparison:N", title=None))
     line = base.mark_line(point=True, clip=True).encode(
-        y=alt.Y("beta:Q", title="β (bars: 95% interval, clipped)", scale=y_scale),
-        tooltip=["display", "step", alt.Tooltip("beta:Q", format=".3f"), alt.Tooltip("ci95_low:Q", format=".3f"),
-                 alt.Tooltip("ci95_high:Q", format=".3f")])
-    rules = base.mark_rule(opacity=0.5, clip=True).encode(y=alt.Y("ci95_low:Q", scale=y_scale), y2="ci95_high:Q")
-    return _facet(alt.layer(line, rules), sel, title)
+        y=alt.Y("diff:Q", title="Δβ", scale=y_scale),
+        tooltip=["comparison", "step", alt.Tooltip("diff:Q", format="+.3f"), alt.Tooltip("low:Q", format="+.3f"),
+                 alt.Tooltip("high:Q", format="+.3f"), "n_seeds"])
+    band = base.mark_area(opacity=0.15, clip=True).encode(y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
+    zero = alt.Chart().mark_rule(color="gray").encode(y=alt.datum(0))
+    return _facet(alt.layer(line, band, zero), data, title)
 
 
 def _renyi_sel(data: pd.DataFrame) -> pd.DataFrame:

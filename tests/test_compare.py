@@ -193,27 +193,6 @@ def test_paper_model_by_preset(preset: str, model: str, differ: bool) -> None:
     assert table["presets_match"].all() != differ
 
 
-def test_beta_over_training_fits_each_step() -> None:
-    """Ranks = 2·D^β(step) exactly: the per-step fit recovers β at every step; one-width groups are ignored."""
-    runs = make_runs({"A": {"opt": "adamw"}, "P": {"opt": "adamw", "varied": {"model.postln_fraction": 1.0},
-                                                    "widths": [2]}})
-    groups = cmp.group_table(runs)
-    beta_at = {0: 0.9, 50: 0.6, 100: 0.4}
-    rows = [{"run": r.run, "step": s, "layer": layer, "bucket": "TAIL", "site": "post", "metric": "hard_rank",
-             "value": 2 * r.ffn_dim ** b * (1 + 0.01 * (layer - 1))}
-            for r in runs.itertuples() for s, b in beta_at.items() for layer in range(3)]
-    per_step = cmp.layer_medians_per_step(pd.DataFrame(rows))
-    out = cmp.beta_over_training(per_step, runs, groups)
-    assert set(out["group"]) == {"A"}
-    got = out.set_index("step")["beta"]
-    # A fit through 3 log-points (D = 16, 32, 64): each log carries ≤ 8 roundings at |log| ≤ 4.5 (the power, the
-    # product, the log, the means), and β = Σdx·dy/Σdx² (Σdx² = 2·ln²2) scales that by (Σ|dy| + 3·Σ|dx|)/Σdx² ≤ 6.
-    # Neighbouring steps' β differ by ≥ 0.2.
-    for step, beta in beta_at.items():
-        assert got[step] == pytest.approx(beta, abs=6 * rounding_tol(F64, 8, magnitude=4.5))
-    assert out["fraction"].tolist() == [0.0, 0.5, 1.0]
-
-
 def test_decay_curve_is_normalised_and_log_spaced() -> None:
     lam = np.arange(1, 1001, dtype=float) ** -1.0
     idx, p = cmp.decay_curve(np.stack([lam, 2 * lam]), n_points=50)

@@ -65,6 +65,8 @@ def make_results(root: Path) -> Path:
             runs.append({"run": key, "spectra_key": "s" + key, "label": f"{label} k={k}", "arms": "x",
                          "group": group, "seed_group": seed_group, "group_label": label, "optimizer": arm["opt"],
                          "width_mult": k, "ffn_dim": D, "seed": arm["seed"], "steps": arm["steps"],
+                         "tokens_per_step": 1024, "optim_extra": arm["extra"],
+                         "config": " ".join(x for x in (label, arm["extra"]) if x),
                          "varied": varied, "val_loss": float(np.log(ppl)), "val_ppl": ppl, "diverged": diverged,
                          "measured": not diverged, "_arm": arm})
             if diverged:
@@ -107,6 +109,7 @@ def make_results(root: Path) -> Path:
     betas = fit_stage.add_delta_column(fit_stage.fit_groups(ranks, layers, runs_df, 0))
     betas.to_csv(out / "betas.csv", index=False)
     fit_stage.fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
+    fit_stage.write_seed_tables(fit_stage.long_ranks(runs_df, store), runs_df, betas, "adamw", "welch", out)
     (out / "extras.json").write_text(json.dumps(extras))
     return out
 
@@ -142,8 +145,12 @@ def test_compare_files_on_synthetic_set(built: Path) -> None:
     ml = pd.read_csv(out / "matched_loss_beta.csv")
     assert set(ml["pair"]) == {"adamw steps=80 seed=0"} and ml["beta_long"].notna().all()
     assert set(ml["closest_ppl"]) == {"muon seed=0"}  # the base optimizer of closest perplexity
-    bot = pd.read_csv(out / "beta_over_training.csv")
-    assert set(bot["step"]) == set(STEPS)
+    steps = pd.read_csv(built / "results" / "betas_steps_seeds.csv")
+    assert set(steps["step"]) == set(STEPS) and set(steps["tokens"]) == {1024 * s for s in STEPS}
+    main = steps[(steps["varied"] == "{}") & (steps["step"] == 40)]
+    assert set(main["n_seeds"]) == {2}  # the main sweep has 2 seeds per optimizer
+    gaps = pd.read_csv(built / "results" / "beta_gaps.csv")
+    assert set(gaps["comparison"]) >= {"muon − adamw", "normuon − adamw", "muon n_heads=4 − adamw n_heads=4"}
     assert (pd.read_csv(out / "renyi.csv")["rho"] > 0).all()
     assert not pd.read_csv(out / "eigen_decay.csv").empty
     assert json.loads((out / "rank_width.json").read_text())  # dvc plots data
