@@ -6,21 +6,36 @@ UTF-8 text (after decoding), which is what the BPE trainer and the shard writer 
 
 Sources:
 - ``stdlib_documents``: the running interpreter's standard library source (always present, no download).
-- ``file_documents``: local text files or glob patterns.
+- ``file_documents``: local text files or glob patterns; ``.gz`` and ``.dz`` (dictzip) files are decompressed. One
+  document per file, or with ``doc_bytes`` each file split at entry boundaries (``split_entries``), e.g. the English
+  dictionary ``GCIDE_PATH`` (Debian package dict-gcide, offline).
 - ``hf_documents``: a Hugging Face dataset (optional extra ``specscale[hf]``; needs network or a local cache).
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
 import os
+import re
 import sysconfig
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 Document = tuple[str, str]  # (doc_id, text)
 
 HF_INSTALL_HINT = "pip install 'specscale[hf]'"
+# An English corpus that installs offline: the GNU Collaborative International Dictionary of English (≈ 40 MB of
+# text, 126k entries), a dictzip file from the Debian package dict-gcide.
+GCIDE_PATH = "/usr/share/dictd/gcide.dict.dz"
+GCIDE_INSTALL_HINT = "apt-get install dict-gcide"
+COMPRESSED_SUFFIXES = (".gz", ".dz")  # gzip, and dictzip (gzip with a random-access table in its extra field)
+
+# A document may start only at the beginning of an unindented line that follows a blank line (one holding only spaces
+# or tabs): a paragraph of prose, a top-level definition of source code, an entry of a dictd dictionary (its headword
+# starts in column 0 after a blank line; senses, quotations and notes are indented).
+_ENTRY_START = re.compile(r"\n[ \t]*\n(?=[^ \t\n])")
 
 
 def _utf8_len(text: str) -> int:
@@ -88,15 +103,59 @@ def _expand_pattern(pattern: str, base_dir: Path) -> list[Path]:
     return [Path(m) for m in matches if os.path.isfile(m)]
 
 
+def read_text_file(path: Path) -> str:
+    """A file's text as UTF-8 (errors replaced, universal newlines); ``.gz`` and ``.dz`` files decompressed first."""
+    if path.suffix not in COMPRESSED_SUFFIXES:
+        return path.read_text(encoding="utf-8", errors="replace")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as stream:
+            return stream.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: a {path.suffix} file must be gzip or dictzip data: {err}") from None
+
+
+def split_entries(text: str, doc_bytes: int) -> list[str]:
+    """``text`` cut into documents of at least ``doc_bytes`` UTF-8 bytes, each ending just before an entry start.
+
+    Entry starts: the first character of an unindented line that follows a blank line (``_ENTRY_START``). Walking
+    the text, a document ends at the first entry start at which it holds ``>= doc_bytes`` bytes; the last document
+    takes the rest and may be shorter. Nothing is dropped or added: ``"".join(split_entries(t, n)) == t``; text
+    without an entry start stays one document, and an empty text gives none. ``doc_bytes=1``: one entry per document.
+    """
+    if doc_bytes <= 0:
+        raise ValueError(f"doc_bytes must be positive, got {doc_bytes}")
+    docs: list[str] = []
+    start = end = size = 0
+    for cut in [m.end() for m in _ENTRY_START.finditer(text)] + [len(text)]:
+        size += _utf8_len(text[end:cut])
+        end = cut
+        if size >= doc_bytes or cut == len(text):
+            if cut > start:
+                docs.append(text[start:cut])
+            start, size = cut, 0
+    return docs
+
+
+def _missing_hint(pattern: str) -> str:
+    if "gcide" in pattern or "/dictd/" in pattern:
+        return f"; dictd dictionaries come from Debian packages, {GCIDE_PATH} from `{GCIDE_INSTALL_HINT}`"
+    return ""
+
+
 def file_documents(
-    patterns: list[str] | str, base_dir: str | Path = ".", max_bytes: int | None = None
+    patterns: list[str] | str, base_dir: str | Path = ".", max_bytes: int | None = None, doc_bytes: int = 0
 ) -> Iterator[Document]:
-    """Local text files given as paths or glob patterns (``**`` recurses), read as UTF-8 (errors replaced).
+    """Local text files given as paths or glob patterns (``**`` recurses), read as UTF-8 (errors replaced); files
+    ending in ``.gz`` or ``.dz`` are decompressed (``read_text_file``).
 
     All matches of all patterns are de-duplicated and sorted by path, so the order does not depend on the order of
     the patterns or of the file system. Doc ids are paths relative to ``base_dir`` when the file lies under it,
     else absolute paths. A pattern that matches no file raises ``FileNotFoundError`` naming the pattern (checked
     for every pattern before anything is read).
+
+    ``doc_bytes=0``: one document per file. ``doc_bytes > 0``: each file is cut by ``split_entries(text,
+    doc_bytes)``, in order; the k-th piece (from 0) of a file has doc id ``"<file id>#<k>"``. A big single file
+    (a dictionary) thus gives many documents for the interleaved train/val split.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -107,7 +166,7 @@ def file_documents(
     for pattern in patterns:
         matches = _expand_pattern(pattern, base)
         if not matches:
-            raise FileNotFoundError(f"no file matches {pattern!r} (relative to {base})")
+            raise FileNotFoundError(f"no file matches {pattern!r} (relative to {base}){_missing_hint(pattern)}")
         for match in matches:
             resolved = match.resolve()
             found[resolved.as_posix()] = resolved
@@ -118,10 +177,18 @@ def file_documents(
         except ValueError:
             return path.as_posix()
 
+    if doc_bytes < 0:
+        raise ValueError(f"doc_bytes must be >= 0 (0 = one document per file), got {doc_bytes}")
+
     def read_all() -> Iterator[Document]:
         for key in sorted(found):
             path = found[key]
-            yield doc_id(path), path.read_text(encoding="utf-8", errors="replace")
+            text = read_text_file(path)
+            if not doc_bytes:
+                yield doc_id(path), text
+                continue
+            for k, piece in enumerate(split_entries(text, doc_bytes)):
+                yield f"{doc_id(path)}#{k}", piece
 
     return _take_bytes(read_all(), max_bytes)
 

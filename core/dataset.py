@@ -22,7 +22,10 @@ def documents(data: dict[str, Any], root: Path) -> Iterator[tuple[str, str]]:
     if data["source"] == "stdlib":
         return corpus.stdlib_documents(data["max_bytes"])
     if data["source"] == "files":
-        return corpus.file_documents(list(data["paths"]), root)
+        doc_bytes = data.get("doc_bytes", 0)  # absent from a run spec when 0 (sweep.KEY_NEUTRAL_FIELDS)
+        if doc_bytes:  # files cut into documents at entry boundaries, capped by max_bytes like stdlib and hf
+            return corpus.file_documents(list(data["paths"]), root, data["max_bytes"], doc_bytes)
+        return corpus.file_documents(list(data["paths"]), root)  # whole files, no cap: as before doc_bytes existed
     return corpus.hf_documents(data["hf_dataset"], data["hf_split"], data["hf_text_field"], data["max_bytes"])
 
 

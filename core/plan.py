@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from specscale.cache import RunStore, read_json, run_key
 from specscale.spec import to_container
-from specscale.sweep import SPEED_ONLY_TRAIN_FIELDS, RunPoint, expand_sweep
+from specscale.sweep import SPEED_ONLY_TRAIN_FIELDS, RunPoint, drop_key_neutral_defaults, expand_sweep
 
 
 @dataclass
@@ -70,7 +70,7 @@ def probe_spec(study: DictConfig) -> dict[str, Any]:
 
 def make_plan(study: DictConfig, versions: Mapping[str, int], where: Path | str = "params.yaml") -> StudyPlan:
     """Every run of the study; `versions` maps each stage to its version (the stage table's)."""
-    data = to_container(study.data)
+    data = drop_key_neutral_defaults({"data": to_container(study.data)})["data"]
     tokenize = _planned(versions, "tokenize", {"data": data}, {}, f"tokenize {data['source']}")
     probe = to_container(study.probe)
     bucket_spec = {

@@ -24,14 +24,18 @@ class SpecError(ValueError):
 @dataclass
 class DataSpec:
     source: str = "stdlib"  # stdlib | files | bin | hf
-    paths: List[str] = field(default_factory=list)  # files: text globs; bin: train shard globs
+    paths: List[str] = field(default_factory=list)  # files: text globs (.gz/.dz decompressed); bin: train shard globs
     val_paths: List[str] = field(default_factory=list)  # bin: validation shard globs
-    max_bytes: Optional[int] = 20_000_000  # cap on corpus text (stdlib, files, hf)
+    max_bytes: Optional[int] = 20_000_000  # cap on corpus text (stdlib, hf; files only with doc_bytes > 0)
     vocab_size: int = 4096  # BPE types to train (ignored for bin: GPT-2's 50257)
     val_every: int = 10  # every val_every-th document goes to validation (interleaved split)
     hf_dataset: Optional[str] = None
     hf_split: str = "train"
     hf_text_field: str = "text"
+    # files: 0 = one document per file; N > 0 = each file cut at entry boundaries (a blank line, then an unindented
+    # line) into documents of >= N bytes (corpus.split_entries), e.g. 1024 for the English dictionary gcide. Hashed
+    # only when > 0 (sweep.KEY_NEUTRAL_FIELDS): adding it moved no run key.
+    doc_bytes: int = 0
 
 
 @dataclass
@@ -273,6 +277,9 @@ def validate(cfg: DictConfig, path: Path) -> None:
         fail("data.val_every", "must be ≥ 2 (every val_every-th document is validation)")
     if cfg.data.source in ("files", "bin") and not cfg.data.paths:
         fail("data.paths", f"data.source '{cfg.data.source}' needs at least one path or glob")
+    if cfg.data.doc_bytes < 0 or (cfg.data.doc_bytes and cfg.data.source != "files"):
+        fail("data.doc_bytes", f"0 (one document per file) or bytes per document > 0 for data.source 'files'; got "
+                               f"{cfg.data.doc_bytes} with source '{cfg.data.source}'")
     if cfg.data.source == "hf" and not cfg.data.hf_dataset:
         fail("data.hf_dataset", "data.source 'hf' needs a dataset name")
     if cfg.train.early_stop_loss_ratio < 0 or 0 < cfg.train.early_stop_loss_ratio <= 1:

@@ -17,10 +17,25 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from specscale.cache import stable_hash
-from specscale.spec import SpecError, to_container
+from specscale.spec import DataSpec, SpecError, to_container
 
 # Train fields that change speed or bookkeeping only: excluded from every key.
 SPEED_ONLY_TRAIN_FIELDS = ("resume_every", "threads")
+
+# Fields added to a hashed section after run keys were in use, with the default that keeps the old behaviour. Such a
+# field enters a hashed spec (every run's, and tokenize's in plan.py) only when set to another value, so adding it
+# changed no existing key: a study that leaves it alone keeps every finished run. Readers of a run spec use
+# `.get(leaf, default)`. tests/test_corpus_english.py pins the tiny preset's keys.
+KEY_NEUTRAL_FIELDS: dict[str, Any] = {"data.doc_bytes": DataSpec.doc_bytes}
+
+
+def drop_key_neutral_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` (sections → fields) without the KEY_NEUTRAL_FIELDS left at their default; changed in place, returned."""
+    for dotted, default in KEY_NEUTRAL_FIELDS.items():
+        section, leaf = dotted.split(".", 1)
+        if leaf in spec.get(section, {}) and spec[section][leaf] == default:
+            del spec[section][leaf]
+    return spec
 
 
 @dataclass
@@ -174,7 +189,7 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
                 hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name, spec["model"]["d_model"])
                 spec["optim"] = {"name": str(opt), "hparams": hparams}
                 spec["seed"] = int(seed)
-                key = stable_hash(spec)
+                key = stable_hash(drop_key_neutral_defaults(spec))
                 if key in runs:
                     if arm_name not in runs[key].arms:
                         runs[key].arms.append(arm_name)
