@@ -17,6 +17,7 @@ import altair as alt
 import pandas as pd
 
 from specscale import plots
+from specscale import readings as rd
 from specscale import report_tables as rt
 from specscale.buckets import POOLED
 from specscale.compare import COUNTED_BUCKETS, DIVERGED_PPL
@@ -128,22 +129,43 @@ def _study(r: ReportInputs) -> Body:
                for name, arm in (ctx.get("ablations") or {}).items()] or ["no ablation arm in this study"]
     if ctx.get("probe"):
         b.paragraphs.append("**Probe** " + ", ".join(f"{k} {v}" for k, v in ctx["probe"].items()) + ".")
-    b.tables.append(("Token count N per bucket (probe set) and FFN width D", rt.tokens_per_bucket(r["ranks"])))
+    title, tokens = "Token count N per bucket (probe set) and FFN width D", rd.tokens_reading(r["ranks"])
+    if tokens:
+        b.paragraphs.append(tokens.table_line(title))
+    b.tables.append((tokens.caption(title) if tokens else title, rt.tokens_per_bucket(r["ranks"])))
     return b
 
 
 def _betas(r: ReportInputs) -> Body:
-    b = Body(["β is the slope of ln(rank) on ln(D) over widths (OLS, 95% t-interval). Read a trained β against its "
-              "step-0 baseline: at small scale the untrained network already scales."], absent=r["betas"].empty)
+    b = Body(["β is the slope of ln(rank) on ln(D) over the widths of one group (OLS; its interval is the 95% "
+              "t-interval of the slope). The step-0 β is the same fit on the untrained network, the baseline a "
+              "trained β is read against."], absent=r["betas"].empty)
     if b.absent:
         return b
-    b.tables.append(("β (post site): trained with 95% interval, step-0 baseline, R²",
-                     rt.beta_summary(r["betas"], r["groups"])))
+    if r.have_fits:  # the figures (_fit_figure) are drawn only then
+        n_layers = r["ranks"]["n_layers"].dropna() if "n_layers" in r["ranks"] else pd.Series(dtype=float)
+        layers = int(n_layers.max()) if len(n_layers) else None
+        for name, reading in (
+                ("rank_width", rd.rank_width_reading(rank_width_data(r["ranks"], r["betas"], r["runs"], r["groups"]),
+                                                     layers)),
+                ("beta", rd.step0_interval_reading(beta_interval_data(r["betas"], r["betas_seeds"], r["groups"]),
+                                                   r["runs"], r["groups"])),
+                ("delta", rd.delta_reading(delta_data(r["betas"], r["groups"])))):
+            if reading:
+                b.paragraphs.append(reading.figure_line(FIGURES[name].title))
+    title = "β (post site): trained β, step-0 β, R²"
+    reading = rd.beta_table_reading(r["betas"], r["groups"], r["runs"]) if not r["groups"].empty else None
     seeds = rt.seeds_summary(r["betas_seeds"])
-    if seeds.empty:
-        b.paragraphs.append("One seed per configuration: no between-seed interval.")
-    else:
-        b.tables.append(("β across seeds (trained, post site)", seeds))
+    seed_title, seed_reading = "β across seeds (trained, post site): mean and SD", rd.seeds_reading(seeds)
+    if reading:
+        b.paragraphs.append(reading.table_line(title))
+    if seed_reading:
+        b.paragraphs.append(seed_reading.table_line(seed_title))
+    elif seeds.empty:
+        b.paragraphs.append("No configuration has two or more seeds: no between-seed interval.")
+    b.tables.append((reading.caption(title) if reading else title, rt.beta_summary(r["betas"], r["groups"])))
+    if not seeds.empty:
+        b.tables.append((seed_reading.caption(seed_title) if seed_reading else seed_title, seeds))
     return b
 
 
@@ -151,16 +173,30 @@ def _tii(r: ReportInputs) -> Body:
     table = rt.tii_summary(r["ranks"])
     if table.empty:
         return Body(absent=True)
-    return Body(["Tail Integrity Index, as the authors' code logs it: the mean over layers of hard_post(TAIL) − "
-                 "hard_post(HEAD), here at each kept step and then the median over the last K logged steps (step 0: "
-                 "the untrained network). Closer to 0: rare tokens occupy as many directions as frequent ones."],
-                tables=[("TII by width multiplier (post site)", table)])
+    title, reading = "TII by width multiplier (post site)", rd.tii_reading(r["ranks"])
+    b = Body(["Tail Integrity Index, as the authors' code logs it: the mean over layers of hard_post(TAIL) − "
+              "hard_post(HEAD), here at each kept step and then the median over the last K logged steps (step 0: "
+              "the untrained network). Closer to 0: rare tokens occupy as many directions as frequent ones."])
+    if reading:
+        b.paragraphs.append(reading.table_line(title))
+    b.tables.append((reading.caption(title) if reading else title, table))
+    return b
 
 
 def _perplexity(r: ReportInputs) -> Body:
-    if r["ppl_by_width"].empty:
+    ppl = r["ppl_by_width"]
+    if ppl.empty:
         return Body(absent=True)
-    return Body(tables=[("Validation perplexity by width multiplier (× = diverged)", r["ppl_table"])])
+    b = Body()
+    for name, reading in (("perplexity", rd.ppl_figure_reading(ppl)),
+                          ("eigen_decay", rd.eigen_decay_reading(r["eigen_decay"]))):
+        if reading:
+            b.paragraphs.append(reading.figure_line(FIGURES[name].title))
+    title, reading = "Validation perplexity by width multiplier (× = diverged)", rd.ppl_table_reading(ppl)
+    if reading:
+        b.paragraphs.append(reading.table_line(title))
+    b.tables.append((reading.caption(title) if reading else title, r["ppl_table"]))
+    return b
 
 
 def _matched(r: ReportInputs) -> Body:
@@ -168,9 +204,14 @@ def _matched(r: ReportInputs) -> Body:
         return Body(absent=True)
     b = Body(["Groups that differ only in the number of training steps (their own schedule, not a prefix), beside "
               "their base group and the base optimizer of closest perplexity."])
-    b.tables.append(("Matched loss: β side by side (post site, trained)", rt.bucket_sort(r["matched_loss_beta"])))
+    title, reading = "Matched loss: β side by side (post site, trained)", rd.matched_beta_reading(
+        r["matched_loss_beta"])
+    ppl_title, ppl_reading = "Matched loss: validation perplexity by width", rd.matched_ppl_reading(
+        r["matched_loss_ppl"])
+    b.paragraphs += [x.table_line(t) for x, t in ((reading, title), (ppl_reading, ppl_title)) if x]
+    b.tables.append((reading.caption(title) if reading else title, rt.bucket_sort(r["matched_loss_beta"])))
     if not r["matched_loss_ppl"].empty:
-        b.tables.append(("Matched loss: validation perplexity by width",
+        b.tables.append((ppl_reading.caption(ppl_title) if ppl_reading else ppl_title,
                          rt.matched_loss_ppl_wide(r["matched_loss_ppl"])))
     return b
 
@@ -178,7 +219,16 @@ def _matched(r: ReportInputs) -> Body:
 def _renyi(r: ReportInputs) -> Body:
     if r["renyi"].empty:
         return Body(absent=True)
-    return Body(tables=[(f"ρ_α, {POOLED} bucket, widest width per optimizer", rt.renyi_summary(r["renyi"]))])
+    b = Body(["R_α is the Rényi rank of order α of the eigenvalue distribution p_i = λ_i/Σλ; ρ_α = R_α(post) / "
+              "R_α(pre) compares the ranks after and before the ReLU²: above 1, the nonlinearity adds directions."])
+    for name, reading in (("renyi_rank", rd.renyi_rank_reading(r["renyi"])), ("renyi_rho", rd.rho_reading(r["renyi"]))):
+        if reading:
+            b.paragraphs.append(reading.figure_line(FIGURES[name].title))
+    title, reading = f"ρ_α, {POOLED} bucket, widest width per optimizer", rd.rho_reading(r["renyi"], POOLED)
+    if reading:
+        b.paragraphs.append(reading.table_line(title))
+    b.tables.append((reading.caption(title) if reading else title, rt.renyi_summary(r["renyi"])))
+    return b
 
 
 def _arch(r: ReportInputs) -> Body:
@@ -188,11 +238,20 @@ def _arch(r: ReportInputs) -> Body:
         return b
     b.paragraphs.append(f"**{a.get('sentence', '')}** (reference `{a.get('reference')}`, counted buckets "
                         f"{', '.join(a.get('counted_buckets', []))}).")
-    b.tables.append(("Exceptions: optimizer gain does not exceed the architecture shift",
-                     pd.DataFrame(a.get("exceptions", []))))
+    figure = rd.arch_figure_reading(table)
+    if figure:
+        b.paragraphs.append(figure.figure_line(FIGURES["arch_vs_optimizer"].title))
+    exc_title, all_title = "Exceptions: optimizer gain does not exceed the architecture shift", "Every comparison"
+    exceptions = pd.DataFrame(a.get("exceptions", []))
+    k, n, _ = rd.arch_counts(table)
+    exc = rd.exceptions_reading(exceptions, k, n)
+    every = rd.arch_reading(table)
+    b.paragraphs += [exc.table_line(exc_title)] + ([every.table_line(all_title)] if every else [])
+    b.tables.append((exc.caption(exc_title), exceptions))
     if a.get("missing"):
-        b.tables.append(("Missing cells (excluded from n)", pd.DataFrame(a["missing"])))
-    b.tables.append(("Every comparison", table))
+        b.tables.append((f"Missing cells (excluded from n) — {rd.n_text(rd.plural(len(a['missing']), 'cell'))}",
+                         pd.DataFrame(a["missing"])))
+    b.tables.append((every.caption(all_title) if every else all_title, table))
     return b
 
 
@@ -200,8 +259,15 @@ def _postln(r: ReportInputs) -> Body:
     if r["postln"].empty:
         return Body(absent=True)
     threshold = r.context.get("diverged_ppl", DIVERGED_PPL)
-    return Body(tables=[(f"Validation perplexity; × = diverged (flagged, or perplexity > {threshold:g})",
-                         r["postln"])])
+    title = f"Validation perplexity; × = diverged (flagged, or perplexity > {threshold:g})"
+    figure, reading = rd.postln_figure_reading(r["postln"]), rd.postln_reading(r["postln"])
+    b = Body()
+    if figure:
+        b.paragraphs.append(figure.figure_line(FIGURES["postln"].title))
+    if reading:
+        b.paragraphs.append(reading.table_line(title))
+    b.tables.append((reading.caption(title) if reading else title, r["postln"]))
+    return b
 
 
 def _paper(r: ReportInputs) -> Body:
@@ -217,7 +283,13 @@ def _paper(r: ReportInputs) -> Body:
     ours = paper[paper["ours"].notna() | paper["ours_diverged"].astype(bool)]
     b.paragraphs.append(f"{len(paper) - len(ours)} of {len(paper)} published cells have no counterpart in this "
                         "study (all are listed in `results/compare/paper_side_by_side.csv`).")
-    b.tables.append(("Published vs ours (cells present in both)", rt.paper_summary(ours)))
+    figure = rd.paper_figure_reading(paper)
+    if figure:
+        b.paragraphs.append(figure.figure_line(FIGURES["paper"].title))
+    title, reading = "Published vs ours (cells present in both)", rd.paper_reading(ours)
+    if reading:
+        b.paragraphs.append(reading.table_line(title))
+    b.tables.append((reading.caption(title) if reading else title, rt.paper_summary(ours)))
     return b
 
 
