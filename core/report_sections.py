@@ -18,10 +18,12 @@ import pandas as pd
 
 from specscale import plots
 from specscale import readings as rd
+from specscale import report_seeds as rs
 from specscale import report_tables as rt
 from specscale.buckets import POOLED
 from specscale.compare import COUNTED_BUCKETS, DIVERGED_PPL
-from specscale.figure_data import beta_interval_data, delta_data, rank_width_data
+from specscale.figure_data import (beta_interval_data, beta_training_data, delta_data, gap_training_data,
+                                   rank_width_data)
 from specscale.plan import StudyPlan
 from specscale.spec import to_container
 
@@ -166,6 +168,19 @@ def _betas(r: ReportInputs) -> Body:
     b.tables.append((reading.caption(title) if reading else title, rt.beta_summary(r["betas"], r["groups"])))
     if not seeds.empty:
         b.tables.append((seed_reading.caption(seed_title) if seed_reading else seed_title, seeds))
+    return b
+
+
+def _seeds_and_training(r: ReportInputs) -> Body:
+    gaps = r["beta_gaps"]
+    b = Body(absent=gaps.empty and r["betas_steps_seeds"].empty)
+    if not gaps.empty:
+        ref = str(gaps["reference"].iloc[0])
+        b.paragraphs.append(f"Each optimizer's trained β minus the reference optimizer's (`{ref}`), both averaged over "
+                            f"seeds, within one arm; interval: {rs.interval_note(gaps)}.")
+        b.tables.append(("β(optimizer) − β(reference), trained, post site", rs.gap_table(gaps)))
+        b.items = rs.gap_readings(gaps)
+    b.paragraphs += rs.training_readings(r["betas_steps_seeds"], r["beta_gaps_steps"])
     return b
 
 
@@ -319,6 +334,16 @@ SECTIONS: tuple[Section, ...] = (
                _fit_figure(plots.deltas, lambda r: delta_data(r["betas"], r["groups"])),
                missing="no Δ₁,₂ (needs soft and hard β)"),
     )),
+    Section("seeds", "Optimizer effect across seeds, and over training", _seeds_and_training,
+            missing="No optimizer trained beside the reference optimizer in one arm: no optimizer difference.",
+            figures=(
+        Figure("beta_training", "β over training tokens (post site): mean over seeds, between-seed band, step-0 β",
+               lambda r, t: plots.beta_over_training(beta_training_data(r["betas_steps_seeds"]), t),
+               missing="no β at a kept step after step 0 (needs ≥ 3 widths)"),
+        Figure("gap_training", "β(optimizer) − β(reference) over training tokens (post site), across-seed band",
+               lambda r, t: plots.gap_over_training(gap_training_data(r["beta_gaps_steps"]), t),
+               missing="no optimizer beside the reference optimizer at a kept step"),
+    )),
     Section("tii", "Tail Integrity Index", _tii, missing="No TII (needs HEAD and TAIL spectra at the post site)."),
     Section("perplexity", "Perplexity", _perplexity,
             missing="No validation perplexity (results/runs.csv has no run).", figures=(
@@ -329,13 +354,8 @@ SECTIONS: tuple[Section, ...] = (
                lambda r, t: plots.eigen_decay(r["eigen_decay"], t),
                missing="no spectra.zarr of a base-architecture run"),
     )),
-    Section("matched_loss", "Matched loss and β over training", _matched,
-            missing="No group differing from a base group only in `train.steps`: no matched-loss comparison.",
-            figures=(
-        Figure("beta_training", "β over training (post site)",
-               lambda r, t: plots.beta_over_training(r["beta_over_training"], t),
-               missing="no per-step β (needs ≥ 3 widths)"),
-    )),
+    Section("matched_loss", "Matched loss", _matched,
+            missing="No group differing from a base group only in `train.steps`: no matched-loss comparison."),
     Section("renyi", "Rényi ranks and reinjection", _renyi,
             missing="No Rényi ranks at both sites (pre and post).", figures=(
         Figure("renyi_rank", "Rényi rank R_α vs α, pre and post ReLU²",

@@ -101,6 +101,9 @@ class FitSpec:
     # ρ_α = R_α(post)/R_α(pre): layer_median (per layer and step, then §6 as for any metric) | median_ratio (ratio of
     # the §6 medians of post and pre); core/fit_study.py
     rho_aggregation: str = "layer_median"
+    # The across-seed interval of β(optimizer) − β(reference): welch (the two optimizers' seeds as independent samples)
+    # | paired (per-seed differences; seed s of both shares data order and init); core/seed_stats.py
+    gap_interval: str = "welch"
 
 
 @dataclass
@@ -177,6 +180,7 @@ CHOICES = {
     "launcher.cluster": ("local", "debug", "slurm"),
     "fit.headline_site": ("pre", "post"),
     "fit.rho_aggregation": ("layer_median", "median_ratio"),
+    "fit.gap_interval": ("welch", "paired"),
     "cache.on_code_change": ("warn", "recompute"),
 }
 

@@ -150,7 +150,9 @@ def test_run_spec_holds_every_hparam_and_no_speed_fields(tmp_path: Path) -> None
 
     (run,) = _runs(tmp_path, ONE + "optim: {adamw: {lr: 0.01}}\n")
     assert set(run.spec) == {"data", "model", "train", "optim", "seed"}
-    assert run.spec["optim"] == {"name": "adamw", "hparams": {**default_hparams("adamw"), "lr": 0.01}}
+    # every role's lr tied to lr and written as a number (defaults.resolve_lr_ties)
+    tied = {"embed_lr": 0.01, "head_lr": 0.01, "other_lr": 0.01}
+    assert run.spec["optim"] == {"name": "adamw", "hparams": {**default_hparams("adamw"), "lr": 0.01, **tied}}
     assert "threads" not in run.spec["train"] and "resume_every" not in run.spec["train"]
 
 
