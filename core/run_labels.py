@@ -42,6 +42,8 @@ def optim_extras(plan: StudyPlan) -> dict[str, str]:
             defaults[name] = resolve_hparams(plan.study, name, None, Path("params.yaml"))
         hp = run.spec["optim"]["hparams"]
         tied = resolve_lr_ties(name, {**hp, **{k: None for k in TIED_LRS if k in hp}}, run.spec["model"]["d_model"])
-        diff = {k: v for k, v in hp.items() if defaults[name].get(k) != v and not (k in TIED_LRS and tied[k] == v)}
+        varied = {k.split(".", 1)[1] for k in run.point.varied if k.startswith("optim.")}  # in the label already
+        diff = {k: v for k, v in hp.items() if defaults[name].get(k) != v and k not in varied
+                and not (k in TIED_LRS and tied[k] == v)}
         out[run.key] = format_extra(diff)
     return out

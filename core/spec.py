@@ -336,8 +336,14 @@ def validate(cfg: DictConfig, path: Path) -> None:
         model_vary: dict[str, Any] = {}
         for dotted, values in arm.vary.items():
             section, _, leaf = dotted.partition(".")
+            if dotted == "optim.lr_multiplier":  # an lr sweep arm (sweep.LR_MULTIPLIER): each optimizer's lr × m
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+                    fail(f"{prefix}.vary.{dotted}", f"multipliers of each optimizer's lr must be numbers > 0; got "
+                                                    f"{list(values)}")
+                continue
             if section not in ("model", "train", "data", "probe") or not leaf:
-                fail(f"{prefix}.vary.{dotted}", "vary paths look like 'model.n_heads' or 'train.steps'")
+                fail(f"{prefix}.vary.{dotted}", "vary paths look like 'model.n_heads', 'train.steps' or "
+                                                "'optim.lr_multiplier'")
             known = _keys_at(cfg, section)
             if leaf not in known or leaf == "ffn_mult":
                 fail(f"{prefix}.vary.{dotted}", f"unknown field{_did_you_mean(leaf, known)}")

@@ -80,9 +80,11 @@ class RunPoint:
 
 
 def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path,
-                    arm_name: str | None = None, d_model: int | None = None) -> dict[str, Any]:
-    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's; unknown keys fail here. Lion lrs
-    left tied (None) become numbers for `d_model` (default: the study's), so the run spec shows what runs."""
+                    arm_name: str | None = None, d_model: int | None = None,
+                    lr_multiplier: float = 1.0) -> dict[str, Any]:
+    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's, then lr × `lr_multiplier` (an lr
+    sweep arm); unknown keys fail here. Per-role lrs left tied (None) become numbers for `d_model` (default: the
+    study's), so the run spec shows what runs."""
     from specscale.optim.defaults import default_hparams, parse_optimizer_name, resolve_lr_ties
     from specscale.optim.matrix_base import DTYPES
 
@@ -105,6 +107,8 @@ def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, wh
                     raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': {value!r} is not a dtype name; "
                                     f"valid: {', '.join(sorted(DTYPES))}")
                 hparams[hkey] = value
+    if lr_multiplier != 1.0:
+        hparams["lr"] = hparams["lr"] * lr_multiplier
     return resolve_lr_ties(name, hparams, int(study.model.d_model if d_model is None else d_model))
 
 
@@ -130,6 +134,8 @@ def _check_optim_section(study: DictConfig, where: Path) -> None:
 def _typed(study: DictConfig, dotted: str, value: Any) -> Any:
     """A varied value converted to its field's type (0 → 0.0 for a float field), so that an ablation repeating a
     base value hashes to the base run's key."""
+    if dotted == LR_MULTIPLIER:
+        return float(value)
     section, leaf = dotted.split(".", 1)
     return to_container(OmegaConf.merge(study[section], {leaf: value}))[leaf]
 
@@ -145,14 +151,20 @@ def base_run_spec(study: DictConfig) -> dict[str, Any]:
 CHECKPOINT_ONLY_TRAIN_FIELDS = ("train.keep_all_checkpoints", "train.keep_checkpoints")
 
 
+# An lr sweep as one arm: `vary: {optim.lr_multiplier: [0.5, 2]}` trains each optimizer of the arm at its own lr
+# times the multiplier (every tied per-role lr follows); labelled by the lr it resolved to ('lr=0.0015').
+LR_MULTIPLIER = "optim.lr_multiplier"
+
+
 def _resolved_labels(varied: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """Labels name what a run is: a relative arm (train.steps_multiplier) is labelled by the steps it resolved to, so
-    the matched-loss family, the paper's settings ('steps=12000') and the labels read the same however it was asked."""
+    """Labels name what a run is: a relative arm (train.steps_multiplier, optim.lr_multiplier) is labelled by the
+    value it resolved to, so the matched-loss family, the paper's settings ('steps=12000') and the labels read the
+    same however it was asked."""
     out = {k: v for k, v in varied.items() if k not in CHECKPOINT_ONLY_TRAIN_FIELDS}
-    if "train.steps_multiplier" not in out:
-        return out
-    out.pop("train.steps_multiplier")
-    out["train.steps"] = spec["train"]["steps"]
+    if out.pop("train.steps_multiplier", None) is not None:
+        out["train.steps"] = spec["train"]["steps"]
+    if out.pop(LR_MULTIPLIER, None) is not None:
+        out["optim.lr"] = spec["optim"]["hparams"]["lr"]
     return out
 
 
@@ -178,15 +190,19 @@ def expand_sweep(study: DictConfig, where: Path | str = "params.yaml") -> list[R
         paths = sorted(vary)
         for values in itertools.product(*(vary[p] for p in paths)):
             varied = dict(zip(paths, values))
+            lr_multiplier = float(varied.get(LR_MULTIPLIER, 1.0))
             for opt, width, seed in itertools.product(optimizers, widths, seeds):
                 spec = copy.deepcopy(base)
                 for dotted, value in varied.items():
+                    if dotted == LR_MULTIPLIER:
+                        continue
                     section, leaf = dotted.split(".", 1)
                     spec[section][leaf] = value
                 multiplier = spec["train"].pop("steps_multiplier")  # relative to the base: resolved, not hashed
                 spec["train"]["steps"] = max(1, int(round(spec["train"]["steps"] * multiplier)))
                 spec["model"]["ffn_mult"] = int(width)
-                hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name, spec["model"]["d_model"])
+                hparams = resolve_hparams(study, str(opt), arm_optim, where, arm_name, spec["model"]["d_model"],
+                                          lr_multiplier)
                 spec["optim"] = {"name": str(opt), "hparams": hparams}
                 spec["seed"] = int(seed)
                 key = stable_hash(drop_key_neutral_defaults(spec))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from helpers import REPO, make_project
 from specscale.stages.runner import plan_study
 from specscale.cache import stable_hash
-from specscale.spec import load_study
+from specscale.spec import SpecError, load_study
 from specscale.sweep import expand_sweep
 
 # The smoke preset with its model and sweep spelt out, so that editing the preset does not move these tests.
@@ -297,3 +298,25 @@ def test_steps_multiplier_is_relative_to_the_base_and_not_hashed(tmp_path: Path)
     relative_400 = _runs(tmp_path / "rel", relative)
     assert ({stable_hash(r.spec) for r in absolute if r.arms == ["adamw_2x"]}
             == {stable_hash(r.spec) for r in relative_400 if r.arms == ["adamw_2x"]})
+
+
+def test_lr_multiplier_arm_sweeps_each_optimizers_lr(tmp_path: Path) -> None:
+    """`vary: {optim.lr_multiplier: [...]}`: each optimizer at its own lr × m, tied per-role lrs following; labelled
+    by the resolved lr; × 1 is the main sweep's run."""
+    text = SMOKE + ("sweep: {optimizers: [adamw, muon], widths: [1], seeds: [0]}\n"
+                    "ablations:\n  lr: {vary: {optim.lr_multiplier: [0.5, 1]}}\n")
+    runs = _runs(tmp_path, text)
+    assert len(runs) == 4  # 2 main runs + 2 at × 0.5; × 1 is the main runs
+    by_label = {r.label: r for r in runs}
+    adamw = by_label["adamw k=1 seed=0 lr=0.0015"].spec["optim"]["hparams"]
+    assert adamw["lr"] == adamw["embed_lr"] == adamw["head_lr"] == adamw["other_lr"] == 3e-3 * 0.5
+    muon = by_label["muon k=1 seed=0 lr=0.01"].spec["optim"]["hparams"]
+    d_model = by_label["muon k=1 seed=0 lr=0.01"].spec["model"]["d_model"]
+    assert muon["lr"] == muon["embed_lr"] == 0.02 * 0.5 and muon["head_lr"] == 0.02 * 0.5 / math.sqrt(d_model)
+    assert by_label["adamw k=1 seed=0"].arms == ["main", "lr"]
+
+
+def test_lr_multiplier_must_be_positive(tmp_path: Path) -> None:
+    text = ONE + "ablations:\n  lr: {vary: {optim.lr_multiplier: [0.5, -1]}}\n"
+    with pytest.raises(SpecError, match=r"ablations\.lr\.vary\.optim\.lr_multiplier.*numbers > 0"):
+        _study(tmp_path, text)
