@@ -213,7 +213,8 @@ def _merge_file(base: DictConfig, path: Path, drop: tuple[str, ...] = ()) -> Dic
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of sections at the top level")
-    raw = {k: v for k, v in raw.items() if k not in drop}
+    # a section left empty (`ablations:` with nothing under it, YAML null) keeps the base's, ablations included
+    raw = {k: v for k, v in raw.items() if k not in drop and v is not None}
     try:
         return OmegaConf.merge(base, raw)
     except ConfigKeyError as err:
@@ -250,8 +251,9 @@ def load_study(params_path: Path | str = "params.yaml", preset: str | None = Non
     cfg = _merge_file(base, preset_path, drop=("preset",))
     if params_path.exists():
         raw = yaml.safe_load(params_path.read_text()) or {}
-        if isinstance(raw, dict) and "ablations" in raw:
-            # params.yaml's ablations are the whole set of arms (so `ablations: {}` drops the preset's), not a merge
+        if isinstance(raw, dict) and raw.get("ablations") is not None:
+            # params.yaml's ablations are the whole set of arms (so `ablations: {}` drops the preset's), not a merge;
+            # `ablations:` left empty keeps the preset's arms
             cfg.ablations = {}
         cfg = _merge_file(cfg, params_path)
     cfg.preset = preset

@@ -114,11 +114,14 @@ def matrix(request):
     injected = len(MATRIX)
     survived = sum(v in ("recovered", "clear error") for v in MATRIX.values())
     lines.append(f"faults injected: {injected}, survived: {survived}, runs lost: 0 (checked after every fault)")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+    # shown even under output capture (the module's teardown runs inside pytest's capture)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        for line in lines:
+            if reporter is not None:
+                reporter.write_line(line)
+            else:
+                print(line)
 
 
 @pytest.fixture(scope="module")

@@ -274,3 +274,13 @@ def test_cli_status_and_plan_why_on_a_fresh_project(tmp_path: Path) -> None:
 def test_a_bad_precision_name_is_caught_before_any_run(tmp_path: Path) -> None:
     msg = _error(tmp_path, "preset: smoke\nsweep: {optimizers: [muon]}\noptim: {muon: {ns_dtype: bf16}}\n")
     assert "'optim.muon.ns_dtype'" in msg and "'bf16' is not a dtype name" in msg and "bfloat16" in msg
+
+
+def test_an_empty_ablations_section_keeps_the_presets_arms(tmp_path: Path) -> None:
+    """`ablations:` (null) keeps the preset's arms, `ablations: {}` drops them; DVC needs the key present either way."""
+    kept = load_study(make_project(tmp_path / "a", "preset: gpt2-160m\nablations:\nsweep:\n"))
+    preset = load_study(make_project(tmp_path / "b", "preset: gpt2-160m\n"))
+    assert set(kept.ablations) == set(preset.ablations) != set()
+    assert list(kept.sweep.widths) == list(preset.sweep.widths)  # an empty section keeps the preset's values
+    dropped = load_study(make_project(tmp_path / "c", "preset: gpt2-160m\nablations: {}\n"))
+    assert dict(dropped.ablations) == {}
