@@ -31,6 +31,7 @@ from specscale.integrity import write_contents
 SUCCESS = "_SUCCESS"
 SPEC_FILE = "spec.json"
 PROVENANCE_FILE = "provenance.json"
+VAL_LOG_FILE = "val_log.jsonl"  # a training run's validation loss at every kept checkpoint (train.checkpoint_val_tokens)
 KEY_LENGTH = 16
 CODE_FIELD = "code_fingerprint"  # provenance: {file: sha256} of the code that made the run (fingerprint.py)
 RUN_ID_FIELD = "run_id"  # provenance: unique per commit, so a run made from a since-recomputed input can be told

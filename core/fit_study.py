@@ -12,6 +12,7 @@ Outputs (results/):
                       and mixed_code / mixed_spec: what differs across the group's widths besides the width
   betas_per_layer.csv the same fit on each layer's medians (does the layer median hide disagreement?)
   betas_seeds.csv     across seeds: mean β and a t-interval over seeds (only when the sweep has ≥ 2 seeds)
+  val_steps.csv       validation loss/perplexity at every kept checkpoint (runs with train.checkpoint_val_tokens > 0)
   betas_steps.csv, betas_steps_seeds.csv, beta_gaps.csv, beta_gaps_steps.csv: β at every kept step, its seed means,
                       and each optimizer minus the reference with an across-seed interval (specscale.seed_stats)
   betas.json          headline β (post site) for `dvc metrics`; perplexity.json likewise
@@ -26,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from specscale.cache import CODE_FIELD, RunStore, stable_hash
+from specscale.cache import CODE_FIELD, VAL_LOG_FILE, RunStore, stable_hash
 from specscale.fit import FIT_METRICS, aggregate_checkpoints_and_layers, bootstrap_beta, fit_points, soft_minus_hard
 from specscale.fingerprint import mixed_files
 from specscale.plan import StudyPlan
@@ -64,6 +65,24 @@ def collect_runs(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
             "measured": store.is_done("spectra", spectra.key),
         })
     return pd.DataFrame(rows)
+
+
+def val_steps(runs: pd.DataFrame, store: RunStore) -> pd.DataFrame:
+    """Validation loss and perplexity at every kept checkpoint of the runs that logged it (train.checkpoint_val_tokens
+    > 0): one row per run and step, with the run's labels and the training tokens seen."""
+    rows = []
+    for r in runs.itertuples():
+        path = store.final_dir("train", r.run) / VAL_LOG_FILE
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            loss = float(entry["val_loss"])
+            rows.append({"run": r.run, "config": r.config, "optimizer": r.optimizer, "width_mult": r.width_mult,
+                         "seed": r.seed, "step": int(entry["step"]), "tokens": int(entry["step"]) * r.tokens_per_step,
+                         "val_loss": loss, "val_ppl": math.exp(loss) if loss < 700 else math.inf})
+    return pd.DataFrame(rows, columns=["run", "config", "optimizer", "width_mult", "seed", "step", "tokens",
+                                       "val_loss", "val_ppl"])
 
 
 def _spec_fields(spec: dict[str, Any], drop: tuple[str, ...]) -> dict[str, str]:
@@ -296,6 +315,7 @@ def write_fit_results(plan: StudyPlan, store: RunStore, out: Path) -> int:
         print("[fit] no finished training runs")
         return 1
     runs.to_csv(out / "runs.csv", index=False)
+    val_steps(runs, store).to_csv(out / "val_steps.csv", index=False)
     ppl = {r.label: {"val_ppl": None if r.diverged else round(float(r.val_ppl), 3), "diverged": bool(r.diverged)}
            for r in runs.itertuples()}
     (out / "perplexity.json").write_text(json.dumps(ppl, indent=2, sort_keys=True))

@@ -63,6 +63,9 @@ class TrainSpec:
     log_every: int = 100  # logged steps: 0, 1, every log_every, last
     keep_checkpoints: int = 5  # probe checkpoints: step 0 plus the last K logged steps
     keep_all_checkpoints: bool = False  # keep every logged step (β over training)
+    # > 0: validation loss on the first N validation tokens at every kept checkpoint (runs/train/<key>/val_log.jsonl,
+    # results/val_steps.csv: perplexity beside β over training). Hashed only when > 0 (sweep.KEY_NEUTRAL_FIELDS).
+    checkpoint_val_tokens: int = 0
     val_tokens: int = 65536  # validation perplexity on the first val_tokens tokens of the val split
     diverged_ppl: float = 1000.0  # paper's ×: final validation perplexity above this is diverged (the default rule)
     early_stop_loss_ratio: float = 0.0  # opt-in: stop (diverged) once train loss > ratio × step-0 loss; 0 = off

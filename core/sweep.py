@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from specscale.cache import stable_hash
-from specscale.spec import DataSpec, SpecError, to_container
+from specscale.spec import DataSpec, SpecError, TrainSpec, to_container
 
 # Train fields that change speed or bookkeeping only: excluded from every key.
 SPEED_ONLY_TRAIN_FIELDS = ("resume_every", "threads")
@@ -26,7 +26,8 @@ SPEED_ONLY_TRAIN_FIELDS = ("resume_every", "threads")
 # field enters a hashed spec (every run's, and tokenize's in plan.py) only when set to another value, so adding it
 # changed no existing key: a study that leaves it alone keeps every finished run. Readers of a run spec use
 # `.get(leaf, default)`. tests/test_corpus_english.py pins the tiny preset's keys.
-KEY_NEUTRAL_FIELDS: dict[str, Any] = {"data.doc_bytes": DataSpec.doc_bytes}
+KEY_NEUTRAL_FIELDS: dict[str, Any] = {"data.doc_bytes": DataSpec.doc_bytes,
+                                       "train.checkpoint_val_tokens": TrainSpec.checkpoint_val_tokens}
 
 
 def drop_key_neutral_defaults(spec: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from specscale import distributed
+from specscale.cache import VAL_LOG_FILE
 from specscale.distributed import DistContext
 from specscale.model import GPT, ModelShape
 from specscale.optim import build_optimizer, roles_from_names
@@ -226,14 +227,26 @@ def _train(spec: dict[str, Any], work: Path, tokens_dir: Path, device: torch.dev
         start_step, initial_loss = state["step"], state["initial_loss"]
         if main:
             print(f"resumed from step {start_step}", flush=True)
+    val_log_path = work / VAL_LOG_FILE
+    val_tokens_at_ckpt = int(cfg.get("checkpoint_val_tokens", 0))  # absent from the spec when 0 (key-neutral)
     if main:
         _truncate_log(log_path, start_step)  # also without resume state: a run killed before its first resume point
+        _truncate_log(val_log_path, start_step)
+    distributed.barrier(ctx)  # every rank reads the truncated validation log below
+    val_done = _logged_steps_in(val_log_path)
     tokens_per_step = cfg["batch_size"] * cfg["seq_len"]
     t0, last_print, tokens_done = time.time(), time.time(), 0
     step = start_step
     while step <= steps:
         if main and step in kept and not checkpoint_path(work, step).exists():
             _save_atomic(trainer.model.state_dict(), checkpoint_path(work, step))
+        if val_tokens_at_ckpt and step in kept and step not in val_done:  # every rank: evaluate shares batches
+            val = evaluate(trainer.model, trainer.val_windows, val_tokens_at_ckpt, trainer.micro_batch, device,
+                           cfg["precision"], ctx)
+            if main:
+                with val_log_path.open("a") as fh:
+                    fh.write(json.dumps({"step": step, "val_loss": val, "val_tokens": val_tokens_at_ckpt}) + "\n")
+            val_done.add(step)
         if step == steps:
             break
         loss = trainer.step(step)
@@ -291,6 +304,13 @@ def _stop_reason(loss: float, step: int, initial_loss: float, early_stop_ratio: 
         return (f"early stop: train loss {loss:.4g} at step {step} > {early_stop_ratio:g} × step-0 loss "
                 f"{initial_loss:.4g}")
     return None
+
+
+def _logged_steps_in(log_path: Path) -> set[int]:
+    """Steps that have a line in a JSON-lines log (none if the file is absent)."""
+    if not log_path.exists():
+        return set()
+    return {int(json.loads(ln)["step"]) for ln in log_path.read_text().splitlines() if ln}
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

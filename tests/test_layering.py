@@ -63,7 +63,7 @@ DOC_CITATION = r"[\w./-]*\b(?:science|optimizers|pitfalls|design|architecture|fi
 
 def test_documents_the_code_cites_exist() -> None:
     cited = set()
-    for path in [*MODULES.values(), *REPO.glob("tests/*.py"), *REPO.glob("benchmarks/*.py"), *REPO.glob("specs/*"),
+    for path in [*MODULES.values(), *REPO.glob("tests/*.py"), *REPO.glob("benchmarks/*.py"), *REPO.glob("specs/**/*.yaml"),
                  REPO / "README.md", *REPO.glob("docs/**/*.md")]:
         # citations of reference documents (output files such as report/summary.md are not citations)
         cited |= {(str(path.relative_to(REPO)), m) for m in re.findall(DOC_CITATION, path.read_text())}

@@ -324,3 +324,34 @@ def test_train_stage_commits_without_resume_state(setup, tmp_path: Path) -> None
     prov = read_json(final / PROVENANCE_FILE)
     assert prov["device"] == "cpu" and prov["steps_done"] == 40 and prov["diverged"] is False
     _assert_same_as_straight(setup, final)
+
+
+def test_validation_at_every_kept_checkpoint(setup, tmp_path: Path) -> None:
+    """train.checkpoint_val_tokens: a validation loss per kept checkpoint, the last one equal to result.json's (same
+    tokens), and the training itself unchanged (checkpoints, log and result identical to the plain run)."""
+    from specscale.cache import VAL_LOG_FILE
+
+    spec = json.loads(json.dumps(setup["spec"]))
+    spec["train"]["checkpoint_val_tokens"] = spec["train"]["val_tokens"]
+    work = tmp_path / "w"
+    work.mkdir()
+    train_run(spec, work, setup["tokens"], threads=1, resume_every=10)
+    _assert_same_as_straight(setup, work)
+    entries = [json.loads(ln) for ln in (work / VAL_LOG_FILE).read_text().splitlines()]
+    assert [e["step"] for e in entries] == [0, 30, 40]
+    assert entries[-1]["val_loss"] == json.loads((work / "result.json").read_text())["val_loss"]
+    assert entries[0]["val_loss"] > entries[-1]["val_loss"]  # the untrained network predicts worse
+    # a resume from step 30 neither repeats nor drops an entry
+    (work / "result.json").unlink()
+    (work / "ckpt" / "step_000040.pt").unlink()
+    trainer = Trainer(spec, setup["tokens"], torch.device("cpu"))
+    torch.set_num_threads(1)
+    initial = None
+    for i in range(30):
+        loss = trainer.step(i)
+        initial = loss if initial is None else initial
+    torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": 30,
+                "initial_loss": initial}, work / RESUME_FILE)
+    train_run(spec, work, setup["tokens"], threads=1, resume_every=10)
+    again = [json.loads(ln) for ln in (work / VAL_LOG_FILE).read_text().splitlines()]
+    assert again == entries
