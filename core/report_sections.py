@@ -181,6 +181,9 @@ def _seeds_and_training(r: ReportInputs) -> Body:
         b.tables.append(("β(optimizer) − β(reference), trained, post site", rs.gap_table(gaps)))
         b.items = rs.gap_readings(gaps)
     b.paragraphs += rs.training_readings(r["betas_steps_seeds"], r["beta_gaps_steps"])
+    caption, val = rs.val_over_training(r["val_steps"])
+    if not val.empty:
+        b.tables.append((caption, val))
     return b
 
 

@@ -86,3 +86,20 @@ def training_readings(steps_seeds: pd.DataFrame, gaps_steps: pd.DataFrame, site:
                                            last["diff_ci95_low"], last["diff_ci95_high"], _seeds(last))
                      + f"; largest |gap| {rd.signed(big['diff'])} at step {int(big['step'])}")
     return lines
+
+
+def val_over_training(val_steps: pd.DataFrame, max_columns: int = 7) -> tuple[str, pd.DataFrame]:
+    """(caption, table): validation perplexity at kept steps (at most `max_columns`, evenly spaced, last included),
+    mean over seeds, one row per configuration and width; '' and an empty table without per-checkpoint validation."""
+    if val_steps.empty:
+        return "", pd.DataFrame()
+    steps = sorted(int(s) for s in val_steps["step"].unique())
+    pick = sorted({steps[round(i * (len(steps) - 1) / (max_columns - 1))] for i in range(max_columns)}
+                  if len(steps) > max_columns else set(steps))
+    sel = val_steps[val_steps["step"].isin(pick)]
+    table = sel.groupby(["config", "width_mult", "step"])["val_ppl"].mean().unstack("step")
+    table.columns = [f"step {c}" for c in table.columns]
+    seeds = int(sel.groupby(["config", "width_mult", "step"])["seed"].nunique().max())
+    caption = (f"Validation perplexity at kept steps, mean over seeds (no interval); n = {rd.plural(seeds, 'seed')} at "
+               f"most per cell, {len(pick)} of {len(steps)} kept steps shown")
+    return caption, table.round(2).reset_index().rename(columns={"width_mult": "k"})

@@ -9,6 +9,7 @@ functions turn them into results/*.csv exactly as in a real study.
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -110,6 +111,10 @@ def make_results(root: Path) -> Path:
     betas.to_csv(out / "betas.csv", index=False)
     fit_stage.fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
     fit_stage.write_seed_tables(fit_stage.long_ranks(runs_df, store), runs_df, betas, "adamw", "welch", out)
+    val = [{"run": r.run, "config": r.config, "optimizer": r.optimizer, "width_mult": r.width_mult, "seed": r.seed,
+            "step": step, "tokens": step * 1024, "val_loss": math.log(r.val_ppl * (1 + (40 - step) / 40)),
+            "val_ppl": r.val_ppl * (1 + (40 - step) / 40)} for r in runs_df.itertuples() for step in STEPS]
+    pd.DataFrame(val).to_csv(out / "val_steps.csv", index=False)
     (out / "extras.json").write_text(json.dumps(extras))
     return out
 
@@ -155,6 +160,12 @@ def test_compare_files_on_synthetic_set(built: Path) -> None:
     assert not pd.read_csv(out / "eigen_decay.csv").empty
     assert json.loads((out / "rank_width.json").read_text())  # dvc plots data
     assert json.loads((built / "results" / "compare.json").read_text())["arch_vs_optimizer"]["n"] == 12
+
+
+def test_report_shows_perplexity_over_training(built: Path) -> None:
+    summary = (built / "report" / "summary.md").read_text()
+    assert "Validation perplexity at kept steps, mean over seeds (no interval); n = 2 seeds at most per cell" in summary
+    assert "| muon | 4 | 80.000 | 50.000 | 40.000 |" in summary  # 50 × (1 − 0.05·4) = 40 at step 40, ×2 at step 0
 
 
 def test_report_has_every_figure_offline(built: Path) -> None:
