@@ -149,7 +149,7 @@ def base_run_spec(study: DictConfig) -> dict[str, Any]:
 # Train fields that choose which checkpoints are kept (measured), not what is trained: they change the key but not
 # the labels, so the matched-loss arm that keeps every checkpoint still reads 'steps=12000' (its family and the
 # paper's setting text).
-CHECKPOINT_ONLY_TRAIN_FIELDS = ("train.keep_all_checkpoints", "train.keep_checkpoints")
+CHECKPOINT_ONLY_TRAIN_FIELDS = ("train.keep_all_checkpoints", "train.keep_checkpoints", "train.checkpoint_val_tokens")
 
 
 # An lr sweep as one arm: `vary: {optim.lr_multiplier: [0.5, 2]}` trains each optimizer of the arm at its own lr
