@@ -15,15 +15,21 @@ from typing import Any
 
 import altair as alt
 import pandas as pd
-
 from specscale import plots
 from specscale import readings as rd
+from specscale import readings_comparisons as rc
+from specscale import readings_fits as rf
 from specscale import report_seeds as rs
 from specscale import report_tables as rt
 from specscale.buckets import POOLED
 from specscale.compare import COUNTED_BUCKETS, DIVERGED_PPL
-from specscale.figure_data import (beta_interval_data, beta_training_data, delta_data, gap_training_data,
-                                   rank_width_data)
+from specscale.figure_data import (
+    beta_interval_data,
+    beta_training_data,
+    delta_data,
+    gap_training_data,
+    rank_width_data,
+)
 from specscale.plan import StudyPlan
 from specscale.spec import to_container
 
@@ -131,7 +137,7 @@ def _study(r: ReportInputs) -> Body:
                for name, arm in (ctx.get("ablations") or {}).items()] or ["no ablation arm in this study"]
     if ctx.get("probe"):
         b.paragraphs.append("**Probe** " + ", ".join(f"{k} {v}" for k, v in ctx["probe"].items()) + ".")
-    title, tokens = "Token count N per bucket (probe set) and FFN width D", rd.tokens_reading(r["ranks"])
+    title, tokens = "Token count N per bucket (probe set) and FFN width D", rf.tokens_reading(r["ranks"])
     if tokens:
         b.paragraphs.append(tokens.table_line(title))
     b.tables.append((tokens.caption(title) if tokens else title, rt.tokens_per_bucket(r["ranks"])))
@@ -148,17 +154,17 @@ def _betas(r: ReportInputs) -> Body:
         n_layers = r["ranks"]["n_layers"].dropna() if "n_layers" in r["ranks"] else pd.Series(dtype=float)
         layers = int(n_layers.max()) if len(n_layers) else None
         for name, reading in (
-                ("rank_width", rd.rank_width_reading(rank_width_data(r["ranks"], r["betas"], r["runs"], r["groups"]),
+                ("rank_width", rf.rank_width_reading(rank_width_data(r["ranks"], r["betas"], r["runs"], r["groups"]),
                                                      layers)),
-                ("beta", rd.step0_interval_reading(beta_interval_data(r["betas"], r["betas_seeds"], r["groups"]),
+                ("beta", rf.step0_interval_reading(beta_interval_data(r["betas"], r["betas_seeds"], r["groups"]),
                                                    r["runs"], r["groups"])),
-                ("delta", rd.delta_reading(delta_data(r["betas"], r["groups"])))):
+                ("delta", rf.delta_reading(delta_data(r["betas"], r["groups"])))):
             if reading:
                 b.paragraphs.append(reading.figure_line(FIGURES[name].title))
     title = "β (post site): trained β, step-0 β, R²"
-    reading = rd.beta_table_reading(r["betas"], r["groups"], r["runs"]) if not r["groups"].empty else None
+    reading = rf.beta_table_reading(r["betas"], r["groups"], r["runs"]) if not r["groups"].empty else None
     seeds = rt.seeds_summary(r["betas_seeds"])
-    seed_title, seed_reading = "β across seeds (trained, post site): mean and SD", rd.seeds_reading(seeds)
+    seed_title, seed_reading = "β across seeds (trained, post site): mean and SD", rf.seeds_reading(seeds)
     if reading:
         b.paragraphs.append(reading.table_line(title))
     if seed_reading:
@@ -191,7 +197,7 @@ def _tii(r: ReportInputs) -> Body:
     table = rt.tii_summary(r["ranks"])
     if table.empty:
         return Body(absent=True)
-    title, reading = "TII by width multiplier (post site)", rd.tii_reading(r["ranks"])
+    title, reading = "TII by width multiplier (post site)", rf.tii_reading(r["ranks"])
     b = Body(["Tail Integrity Index, as the authors' code logs it: the mean over layers of hard_post(TAIL) − "
               "hard_post(HEAD), here at each kept step and then the median over the last K logged steps (step 0: "
               "the untrained network). Closer to 0: rare tokens occupy as many directions as frequent ones."])
@@ -206,11 +212,11 @@ def _perplexity(r: ReportInputs) -> Body:
     if ppl.empty:
         return Body(absent=True)
     b = Body()
-    for name, reading in (("perplexity", rd.ppl_figure_reading(ppl)),
-                          ("eigen_decay", rd.eigen_decay_reading(r["eigen_decay"]))):
+    for name, reading in (("perplexity", rc.ppl_figure_reading(ppl)),
+                          ("eigen_decay", rc.eigen_decay_reading(r["eigen_decay"]))):
         if reading:
             b.paragraphs.append(reading.figure_line(FIGURES[name].title))
-    title, reading = "Validation perplexity by width multiplier (× = diverged)", rd.ppl_table_reading(ppl)
+    title, reading = "Validation perplexity by width multiplier (× = diverged)", rc.ppl_table_reading(ppl)
     if reading:
         b.paragraphs.append(reading.table_line(title))
     b.tables.append((reading.caption(title) if reading else title, r["ppl_table"]))
@@ -222,9 +228,9 @@ def _matched(r: ReportInputs) -> Body:
         return Body(absent=True)
     b = Body(["Groups that differ only in the number of training steps (their own schedule, not a prefix), beside "
               "their base group and the base optimizer of closest perplexity."])
-    title, reading = "Matched loss: β side by side (post site, trained)", rd.matched_beta_reading(
+    title, reading = "Matched loss: β side by side (post site, trained)", rc.matched_beta_reading(
         r["matched_loss_beta"])
-    ppl_title, ppl_reading = "Matched loss: validation perplexity by width", rd.matched_ppl_reading(
+    ppl_title, ppl_reading = "Matched loss: validation perplexity by width", rc.matched_ppl_reading(
         r["matched_loss_ppl"])
     b.paragraphs += [x.table_line(t) for x, t in ((reading, title), (ppl_reading, ppl_title)) if x]
     b.tables.append((reading.caption(title) if reading else title, rt.bucket_sort(r["matched_loss_beta"])))
@@ -239,10 +245,10 @@ def _renyi(r: ReportInputs) -> Body:
         return Body(absent=True)
     b = Body(["R_α is the Rényi rank of order α of the eigenvalue distribution p_i = λ_i/Σλ; ρ_α = R_α(post) / "
               "R_α(pre) compares the ranks after and before the ReLU²: above 1, the nonlinearity adds directions."])
-    for name, reading in (("renyi_rank", rd.renyi_rank_reading(r["renyi"])), ("renyi_rho", rd.rho_reading(r["renyi"]))):
+    for name, reading in (("renyi_rank", rc.renyi_rank_reading(r["renyi"])), ("renyi_rho", rc.rho_reading(r["renyi"]))):
         if reading:
             b.paragraphs.append(reading.figure_line(FIGURES[name].title))
-    title, reading = f"ρ_α, {POOLED} bucket, widest width per optimizer", rd.rho_reading(r["renyi"], POOLED)
+    title, reading = f"ρ_α, {POOLED} bucket, widest width per optimizer", rc.rho_reading(r["renyi"], POOLED)
     if reading:
         b.paragraphs.append(reading.table_line(title))
     b.tables.append((reading.caption(title) if reading else title, rt.renyi_summary(r["renyi"])))
@@ -256,14 +262,14 @@ def _arch(r: ReportInputs) -> Body:
         return b
     b.paragraphs.append(f"**{a.get('sentence', '')}** (reference `{a.get('reference')}`, counted buckets "
                         f"{', '.join(a.get('counted_buckets', []))}).")
-    figure = rd.arch_figure_reading(table)
+    figure = rc.arch_figure_reading(table)
     if figure:
         b.paragraphs.append(figure.figure_line(FIGURES["arch_vs_optimizer"].title))
     exc_title, all_title = "Exceptions: optimizer gain does not exceed the architecture shift", "Every comparison"
     exceptions = pd.DataFrame(a.get("exceptions", []))
-    k, n, _ = rd.arch_counts(table)
-    exc = rd.exceptions_reading(exceptions, k, n)
-    every = rd.arch_reading(table)
+    k, n, _ = rc.arch_counts(table)
+    exc = rc.exceptions_reading(exceptions, k, n)
+    every = rc.arch_reading(table)
     b.paragraphs += [exc.table_line(exc_title)] + ([every.table_line(all_title)] if every else [])
     b.tables.append((exc.caption(exc_title), exceptions))
     if a.get("missing"):
@@ -278,7 +284,7 @@ def _postln(r: ReportInputs) -> Body:
         return Body(absent=True)
     threshold = r.context.get("diverged_ppl", DIVERGED_PPL)
     title = f"Validation perplexity; × = diverged (flagged, or perplexity > {threshold:g})"
-    figure, reading = rd.postln_figure_reading(r["postln"]), rd.postln_reading(r["postln"])
+    figure, reading = rc.postln_figure_reading(r["postln"]), rc.postln_reading(r["postln"])
     b = Body()
     if figure:
         b.paragraphs.append(figure.figure_line(FIGURES["postln"].title))
@@ -301,10 +307,10 @@ def _paper(r: ReportInputs) -> Body:
     ours = paper[paper["ours"].notna() | paper["ours_diverged"].astype(bool)]
     b.paragraphs.append(f"{len(paper) - len(ours)} of {len(paper)} published cells have no counterpart in this "
                         "study (all are listed in `results/compare/paper_side_by_side.csv`).")
-    figure = rd.paper_figure_reading(paper)
+    figure = rc.paper_figure_reading(paper)
     if figure:
         b.paragraphs.append(figure.figure_line(FIGURES["paper"].title))
-    title, reading = "Published vs ours (cells present in both)", rd.paper_reading(ours)
+    title, reading = "Published vs ours (cells present in both)", rc.paper_reading(ours)
     if reading:
         b.paragraphs.append(reading.table_line(title))
     b.tables.append((reading.caption(title) if reading else title, rt.paper_summary(ours)))

@@ -5,7 +5,6 @@ results/beta_gaps_steps.csv). Every sentence is built from the numbers (specscal
 from __future__ import annotations
 
 import pandas as pd
-
 from specscale import readings as rd
 from specscale.figure_data import METRIC_NAMES
 

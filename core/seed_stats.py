@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from specscale.fit import FIT_METRICS, fit_points, seed_mean_interval
 
 STEP_KEYS = ["group", "step", "bucket", "site", "metric"]  # one β per combination in betas_steps.csv

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from specscale import readings as rd
+from specscale import readings_comparisons as rc
+from specscale import readings_fits as rf
 
 WIDTHS = (1, 2, 4)
 
@@ -56,13 +58,13 @@ def _beta_tables(step0: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
 
 
 def test_beta_table_reading_below_and_above_step0() -> None:
-    below = rd.beta_table_reading(*_beta_tables(step0=0.9))
+    below = rf.beta_table_reading(*_beta_tables(step0=0.9))
     assert below.text == ("Trained β above its step-0 β in 0 of 8 cells (soft 0 of 4, hard 0 of 4). Trained β_hard "
                           "highest / lowest by bucket: HEAD muon 0.70 / adamw 0.40, above step 0 in 0 of 2; TAIL muon "
                           "0.75 / adamw 0.50, above step 0 in 0 of 2.")
     assert below.caption("β") == ("β — trained β with its OLS 95% t-interval over widths; step-0 β and R² without; "
                                   "n = 2 groups, 1 seed, widths k ∈ {1, 2, 4}")
-    above = rd.beta_table_reading(*_beta_tables(step0=0.3))
+    above = rf.beta_table_reading(*_beta_tables(step0=0.3))
     assert above.text.startswith("Trained β above its step-0 β in 8 of 8 cells (soft 4 of 4, hard 4 of 4).")
     assert "above step 0 in 2 of 2" in above.text
 
@@ -73,7 +75,7 @@ def test_tii_reading() -> None:
     rows += [("muon", w, "trained", v) for w, v in ((1, -0.5), (2, -0.4))]
     rows += [("muon", w, "step0", 0.2) for w in (1, 2)]
     ranks = pd.DataFrame(rows, columns=["group_label", "width_mult", "phase", "median"]).assign(metric="tii", seed=0)
-    r = rd.tii_reading(pd.concat([ranks, ranks.head(1).assign(metric="hard_rank", median=99.0)]))
+    r = rf.tii_reading(pd.concat([ranks, ranks.head(1).assign(metric="hard_rank", median=99.0)]))
     assert r.text == ("Trained TII positive in 3 of 5 cells, negative in 2; from the narrowest to the widest width it "
                       "rises in 2 of 2 series with ≥ 2 widths (falls in 0); closer to 0 than at step 0 in 1 of 5 cells.")
     assert r.n == "n = 2 configurations, 1 seed, widths k ∈ {1, 2, 4}"
@@ -90,7 +92,7 @@ def test_perplexity_table_reading() -> None:
                            "display": "muon postln_fraction=1 seed=0"}])
     ppl = pd.concat([ppl, extra], ignore_index=True)
     ppl["diverged"] = ppl["val_ppl"] > 1000
-    r = rd.ppl_table_reading(ppl)
+    r = rc.ppl_table_reading(ppl)
     assert r.text == ("Lowest perplexity by width (base architecture, mean over seeds): 1× muon 41.0 (worst/best "
                       "×1.49); 2× muon 46.0 (worst/best ×1.11). 1 of 10 runs diverged.")
     assert r.n == "n = 10 runs, 6 groups, 2 seeds, widths k ∈ {1, 2}"
@@ -102,7 +104,7 @@ def test_rho_reading() -> None:
     rows += [("muon", 2, 0.0, 5.0)]  # not the widest width: not read
     renyi = pd.DataFrame(rows, columns=["display", "width_mult", "alpha", "rho"]).assign(
         family="base", seed=0, bucket="GLOBAL")
-    r = rd.rho_reading(renyi, "GLOBAL")
+    r = rc.rho_reading(renyi, "GLOBAL")
     assert r.text == "α with ρ_α > 1 (of α ∈ {0, 1, ∞}): adamw none; muon 1, ∞. Largest ρ_α 1.200 (muon, α = 1)."
     assert r.n == "n = 2 optimizers (lowest seed, widest width), 3 values of α"
 
@@ -116,23 +118,23 @@ def _arch_table() -> pd.DataFrame:
 
 def test_arch_readings() -> None:
     table = _arch_table()
-    r = rd.arch_reading(table)
+    r = rc.arch_reading(table)
     assert r.text == ("Optimizer gain exceeds the architecture shift in 1 of 2 counted cells; smallest margin gain − "
                       "shift −0.100 (n_heads=4, adamw, TAIL hard).")
     assert r.n == "n = 4 comparisons (3 counted), 1 optimizer, 1 seed, 1 ablation"
-    exc = rd.exceptions_reading(table[table["status"] == "not_exceeding"], k=1, n=2)
+    exc = rc.exceptions_reading(table[table["status"] == "not_exceeding"], k=1, n=2)
     assert exc.text == "Exceptions: n_heads=4 adamw TAIL hard (gain 0.100 vs shift 0.200)."
     assert exc.n == "n = 1 of 2 counted cells"
-    assert rd.exceptions_reading(pd.DataFrame(), k=2, n=2).text == "No exception."
+    assert rc.exceptions_reading(pd.DataFrame(), k=2, n=2).text == "No exception."
 
 
 def test_postln_readings() -> None:
     table = pd.DataFrame({"optimizer": ["adamw lr=0.0001", "muon"], "width_mult": ["2", "2"],
                           "PostLN-50": ["54.0", "45.0"], "Full": ["×", "46.0"]})
-    r = rd.postln_reading(table)
+    r = rc.postln_reading(table)
     assert r.text == "Diverged: PostLN-50 0 of 2; Full 1 of 2 (adamw lr=0.0001 k=2)."
     assert r.n == "n = 4 runs, 2 optimizers, 1 seed, width k = 2"
-    assert rd.postln_figure_reading(table).text == \
+    assert rc.postln_figure_reading(table).text == \
         "Lowest perplexity by PostLN fraction: PostLN-50 muon k=2 45.0; Full muon k=2 46.0."
 
 
@@ -144,17 +146,17 @@ def test_paper_reading() -> None:
         "diff": [0.1, -0.3, 0.2, 5.0, math.nan, math.nan],
         "paper_diverged": [False, False, False, False, True, True],
         "ours_diverged": [False, False, False, False, True, False]})
-    r = rd.paper_reading(paper)
+    r = rc.paper_reading(paper)
     assert r.text == ("Median |ours − paper|: beta 0.20 (3 cells); val_ppl 5.00 (1 cell). Divergence (×) agrees in "
                       "1 of 2 cells where either diverged.")
-    assert rd.paper_figure_reading(paper).text == "Our β above the published in 2 of 3 cells; median |ours − paper| 0.20."
+    assert rc.paper_figure_reading(paper).text == "Our β above the published in 2 of 3 cells; median |ours − paper| 0.20."
 
 
 def test_seeds_reading_names_the_widest_interval() -> None:
     seeds = pd.DataFrame({"group_label": ["adamw", "muon"], "bucket": ["TAIL", "HEAD"],
                           "metric": ["hard_rank", "soft_rank"], "n_seeds": [3, 3], "beta_mean": [0.5, 0.9],
                           "seed_ci95_low": [0.3, 0.88], "seed_ci95_high": [0.7, 0.92]})
-    r = rd.seeds_reading(seeds)
+    r = rf.seeds_reading(seeds)
     assert r.text == ("Widest between-seed interval: adamw TAIL hard ±0.200 [0.30, 0.70] (3 seeds); narrowest: muon "
                       "HEAD soft ±0.020 [0.88, 0.92] (3 seeds).")
     assert r.interval == "between-seed 95% t-interval" and r.n == "n = 2 configurations, 3 seeds each"
