@@ -289,8 +289,10 @@ def test_why_names_the_nearest_run_and_the_fields(tmp_path: Path, capsys) -> Non
     assert out[3] == "    never computed: no finished tokenize run"
     adamw2 = [r for r in plan2.train if r.point.optimizer == "adamw" and r.point.width == 2][0]
     i = out.index(f"  {adamw2.label} (key {adamw2.key})")
-    assert out[i + 1:i + 4] == [f"    nearest finished run {first.key} differs in 2 fields:",
-                                "      model.ffn_mult: 1 → 2", f"      optim.hparams.lr: {lr} → 0.5"]
+    # AdamW's per-role lrs are tied to lr (optim/defaults.py), so they move with it
+    assert out[i + 1:i + 7] == [f"    nearest finished run {first.key} differs in 5 fields:",
+                                "      model.ffn_mult: 1 → 2", *(f"      optim.hparams.{k}: {lr} → 0.5" for k in
+                                                                 ("embed_lr", "head_lr", "lr", "other_lr"))]
     muon1 = [r for r in plan2.train if r.point.optimizer == "muon" and r.point.width == 1][0]
     i = out.index(f"  {muon1.label} (key {muon1.key})")
     assert out[i + 1].startswith(f"    nearest finished run {first.key} differs in ")
