@@ -177,20 +177,24 @@ def test_sigkill_before_any_resume_point_restarts_cleanly(setup, tmp_path: Path)
     _assert_same_as_straight(setup, work)
 
 
+def _write_resume_state(spec: dict, tokens: Path, work: Path, step: int) -> None:
+    """The resume state a run would have written after `step` optimizer steps (trained here, single thread)."""
+    trainer = Trainer(spec, tokens, torch.device("cpu"))
+    torch.set_num_threads(1)
+    initial = None
+    for i in range(step):
+        loss = trainer.step(i)
+        initial = loss if initial is None else initial
+    torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": step,
+                "initial_loss": initial}, work / RESUME_FILE)
+
+
 def test_resume_truncates_the_log_past_the_resume_point(setup, tmp_path: Path) -> None:
     work = tmp_path / "w"
     work.mkdir()
     (work / "ckpt").mkdir()
     # Fake a run killed at step 25 with resume state from step 20 (taken from a straight run's state).
-    short = dict(setup["spec"])
-    trainer = Trainer(short, setup["tokens"], torch.device("cpu"))
-    torch.set_num_threads(1)
-    initial = None
-    for i in range(20):
-        loss = trainer.step(i)
-        initial = loss if initial is None else initial
-    torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": 20,
-                "initial_loss": initial}, work / RESUME_FILE)
+    _write_resume_state(dict(setup["spec"]), setup["tokens"], work, 20)
     lines = [json.loads(ln) for ln in (setup["straight"] / "log.jsonl").read_text().splitlines()][:3]  # 1, 10, 20
     lines.append({"step": 25, "loss": 123.0, "lr_factor": 1.0, "tokens_per_s": 1.0, "elapsed_s": 1.0})
     (work / "log.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
@@ -344,14 +348,7 @@ def test_validation_at_every_kept_checkpoint(setup, tmp_path: Path) -> None:
     # a resume from step 30 neither repeats nor drops an entry
     (work / "result.json").unlink()
     (work / "ckpt" / "step_000040.pt").unlink()
-    trainer = Trainer(spec, setup["tokens"], torch.device("cpu"))
-    torch.set_num_threads(1)
-    initial = None
-    for i in range(30):
-        loss = trainer.step(i)
-        initial = loss if initial is None else initial
-    torch.save({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": 30,
-                "initial_loss": initial}, work / RESUME_FILE)
+    _write_resume_state(spec, setup["tokens"], work, 30)
     train_run(spec, work, setup["tokens"], threads=1, resume_every=10)
     again = [json.loads(ln) for ln in (work / VAL_LOG_FILE).read_text().splitlines()]
     assert again == entries
