@@ -11,18 +11,16 @@ function that runs one stage of the stage table, so this module never imports sp
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from specscale.cache import RunStore
 from specscale.dataset import bin_files
@@ -30,7 +28,7 @@ from specscale.model import ModelShape, flops_per_token
 from specscale.plan import PlannedRun, StudyPlan
 from specscale.shards import GPT2_VOCAB, write_bin_shard
 from specscale.spec import SpecError
-from specscale.status import run_costs
+from specscale.status import measured_tokens, run_costs
 from specscale.train import CHECKPOINT_DIR, kept_checkpoints, model_shape
 
 STAGES = ("tokenize", "buckets", "train", "activations", "spectra")  # the per-run stages; aggregates take seconds
@@ -193,14 +191,12 @@ def step_seconds(store: RunStore, run: PlannedRun) -> float:
     return float(first["elapsed_s"])
 
 
-def probed_tokens(study: DictConfig) -> int:
-    """Tokens the probe forwards per checkpoint: the held-out buckets + pooled set, or (train_batch) the batch and
-    rank 0's share of it."""
-    p, t = study.probe, study.train
-    if p.source == "train_batch":
-        batch = int(t.batch_size) * int(t.seq_len)
-        return batch + (int(p.rank_share_tokens) or batch)
-    return 3 * int(p.tokens_per_bucket) + int(p.pooled_tokens)
+def forwarded_tokens(study: DictConfig) -> int:
+    """Tokens the probe forwards per checkpoint: the step's batch (train_batch: its sets are subsets of it), or
+    the held-out sets (each window forwarded once; an upper bound where sets share windows)."""
+    if study.probe.source == "train_batch":
+        return int(study.train.batch_size) * int(study.train.seq_len)
+    return measured_tokens(study.probe, study.train)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -225,6 +221,7 @@ class Extrapolation:
     mfu: float | None
     plan_gpu_h: float
     plan_bytes: dict[str, float]
+    spectra_phases: dict[str, float]  # phase → seconds of the whole study's spectra stage (sums to seconds["spectra"])
 
 
 def extrapolate(full: StudyPlan, small: StudyPlan, store: RunStore, measured: dict[str, Measured],
@@ -238,29 +235,64 @@ def extrapolate(full: StudyPlan, small: StudyPlan, store: RunStore, measured: di
     rate = flops_per_token(shape, t["seq_len"]) * tokens_per_s  # training FLOP/s achieved here
     costs = [run_costs(full, r) for r in full.train]
     seconds = {"train": sum(c["flops"] for c in costs) / rate}
-    n_meas = _n_ckpt(run)
-    n_ratio = probed_tokens(full.study) / probed_tokens(small.study)
-    for stage, scale_n in (("activations", n_ratio), ("spectra", 1.0)):
-        if stage in measured and measured[stage].ok:
-            per_ckpt_layer = measured[stage].seconds / n_meas / shape.n_layers
-            seconds[stage] = sum(per_ckpt_layer * scale_n * _n_ckpt(r) * _shape(r).n_layers for r in full.train)
+    seconds["activations"], phases = _fan_out_seconds(full, small, store, measured)
+    seconds["spectra"] = sum(phases.values()) if phases is not None else None
     for stage in ("tokenize", "buckets"):
         if stage in measured:
             seconds[stage] = measured[stage].seconds
+    seconds = {stage: s for stage, s in seconds.items() if s is not None}
     plan_gpu_h = sum(c["flops"] for c in costs) / (989e12 if gpu_tflops is None else gpu_tflops * 1e12) / plan_mfu / 3600
     keys = {"train": "ckpt_bytes", "activations": "activation_bytes", "spectra": "spectra_bytes"}
     plan_bytes = {s: sum(c[k] for c in costs) for s, k in keys.items()}
     mfu = rate / (gpu_tflops * 1e12) if gpu_tflops else None
-    return Extrapolation(seconds, rate, tokens_per_s, mfu, plan_gpu_h, plan_bytes)
+    return Extrapolation(seconds, rate, tokens_per_s, mfu, plan_gpu_h, plan_bytes, phases or {})
+
+
+def _spectra_phases(store: RunStore, small: StudyPlan) -> dict[str, float]:
+    provenance = json.loads((store.final_dir("spectra", small.spectra[0].key) / "provenance.json").read_text())
+    return dict(provenance.get("phase_seconds", {}))
+
+
+def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore,
+                     measured: dict[str, Measured]) -> tuple[float | None, dict[str, float] | None]:
+    """Whole-study seconds of the activations stage, and of the spectra stage by phase. The spectra run records its phases (summed over
+    its slices, core/phase_clock.py); each scales per (checkpoint, layer) slice by its own law from the measured
+    run m to every run r: load × params_r/params_m, forward × forwarded tokens × FLOPs per token, write × N·D,
+    covariance × N·D², eigh × D³; what is left of the stage's time (start-up, metrics, files) is per run."""
+    run = small.train[0]
+    shape_m, cost_m = _shape(run), run_costs(small, run)
+    slices_m = _n_ckpt(run) * shape_m.n_layers
+    n_ratio = measured_tokens(full.study.probe, full.study.train) / measured_tokens(small.study.probe,
+                                                                                 small.study.train)
+    fwd_ratio = forwarded_tokens(full.study) / forwarded_tokens(small.study)
+    keep_dump = str(full.study.probe.keep_activations) != "none"
+    acts = spectra = None
+    if "activations" in measured and measured["activations"].ok:  # describes the slices; dumps only what is kept
+        acts = measured["activations"].seconds * len(full.train) * (n_ratio if keep_dump else 1.0)
+    if "spectra" in measured and measured["spectra"].ok:
+        phases = _spectra_phases(store, small)
+        per_run_rest = max(measured["spectra"].seconds - sum(phases.values()), 0.0)
+        per_slice = {name: t / slices_m for name, t in phases.items()}
+        spectra = {name: 0.0 for name in [*per_slice, "rest"]}
+        for r in full.train:
+            shape_r = _shape(r)
+            d = shape_r.ffn_dim / shape_m.ffn_dim
+            law = {"load": run_costs(full, r)["n_params"] / cost_m["n_params"],
+                   "forward": fwd_ratio * flops_per_token(shape_r, r.spec["train"]["seq_len"])
+                   / flops_per_token(shape_m, run.spec["train"]["seq_len"]),
+                   "write": n_ratio * d, "covariance": n_ratio * d ** 2, "eigh": d ** 3}
+            for name, t in per_slice.items():
+                spectra[name] += _n_ckpt(r) * shape_r.n_layers * t * law.get(name, 1.0)
+            spectra["rest"] += per_run_rest
+    return acts, spectra
 
 
 FORMULAS = (
     "train        Σ_runs FLOPs(run) / measured training FLOP/s   (FLOPs = flops_per_token(shape, seq) × steps × batch "
     "× seq, as `plan`)",
-    "activations  t/(checkpoint·layer) × Σ_runs checkpoints × layers × N_probe/N_measured   (at the measured width: an "
-    "upper bound for narrower runs)",
-    "spectra      t/(checkpoint·layer) × Σ_runs checkpoints × layers   (not scaled with N: at the measured N the D³ "
-    "eigendecomposition dominates; the covariance, and a dump regenerated here, grow with N — a lower bound)",
+    "activations  t × runs   (it describes the slices; × N_probe/N_measured where probe.keep_activations dumps)",
+    "spectra      Σ_runs checkpoints × layers × Σ_phases t_phase/(checkpoint·layer) × law + the rest × runs; laws: "
+    "load × params, forward × probe tokens × FLOPs/token, write × N·D, covariance × N·D², eigh × D³",
 )
 
 
@@ -308,7 +340,8 @@ def print_report(full: StudyPlan, small: StudyPlan, measured: list[Measured], ex
     print(f"whole study ({n_runs} training runs), extrapolated to one device like this one:")
     for stage in STAGES:
         if stage in ex.seconds:
-            print(f"  {stage:<12} {_fmt_s(ex.seconds[stage]):>12}")
+            by_phase = ", ".join(f"{name} {_fmt_s(t)}" for name, t in ex.spectra_phases.items())
+            print(f"  {stage:<12} {_fmt_s(ex.seconds[stage]):>12}" + (f"   ({by_phase})" if stage == "spectra" else ""))
     total = sum(ex.seconds.values())
     print(f"  {'total':<12} {_fmt_s(total):>12} = {total / 3600:,.1f} device-hours "
           f"(of which measured stages: {', '.join(s for s in STAGES if s in ex.seconds)})")

@@ -33,6 +33,7 @@ import zarr
 from specscale.cache import RunStore
 from specscale.covariance import accumulate_array, eigenvalues
 from specscale.buckets import ALL_SETS
+from specscale.phase_clock import PhaseClock
 from specscale.probe import ProbeSource, array_name, ensure_slice, run_layout, scratch_dir
 from specscale.spectra import MIN_N_OVER_D, STORAGE_EPS, all_metrics, storage_noise_floor
 
@@ -44,9 +45,11 @@ def _dtype_eps(name: str) -> float:
     return STORAGE_EPS[name]
 
 
-def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float],
-                  device: torch.device) -> tuple[xr.Dataset, pd.DataFrame]:
-    """Eigenvalues (NaN where a set has < 2 tokens) and one metrics row per spectrum of an activation store."""
+def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float], device: torch.device,
+                  clock: PhaseClock | None = None) -> tuple[xr.Dataset, pd.DataFrame]:
+    """Eigenvalues (NaN where a set has < 2 tokens) and one metrics row per spectrum of an activation store.
+    `clock` gets the seconds of `covariance` (reading the arrays into the streamed covariance) and `eigh`."""
+    clock = clock or PhaseClock()
     steps, sites, sets, D = manifest["steps"], manifest["sites"], list(manifest["sets"]), manifest["D"]
     layers = list(manifest.get("layer_ids", range(manifest["layers"])))  # a slice store names its layers
     resolution = max((str(manifest[k]) for k in ("dtype", "compute_dtype") if k in manifest), key=_dtype_eps)
@@ -61,9 +64,11 @@ def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float
                     n = int(arr.attrs["N"])
                     if n < 2:
                         continue
-                    acc = accumulate_array(arr, device=device)
-                    cov = acc.covariance_tensor() if device.type == "cuda" else acc.covariance()
-                    lam = eigenvalues(cov)
+                    with clock.phase("covariance"):
+                        acc = accumulate_array(arr, device=device)
+                        cov = acc.covariance_tensor() if device.type == "cuda" else acc.covariance()
+                    with clock.phase("eigh"):
+                        lam = eigenvalues(cov)
                     eig[i, j, k, b] = lam
                     # E[x_j²] per unit, uncentred (rounding noise scales with |x|): (N−1)/N·C_jj + μ_j², shape (D,)
                     var = torch.diagonal(cov).cpu().numpy() if isinstance(cov, torch.Tensor) else np.diag(cov)
@@ -85,14 +90,15 @@ def measure_store(acts: zarr.Group, manifest: dict[str, Any], alphas: list[float
 
 
 def _measure_slice(spec: dict[str, Any], store: RunStore, device: torch.device, step: int, layer: int,
-                   probes: ProbeSource, alphas: list[float]) -> tuple[xr.Dataset, pd.DataFrame]:
+                   probes: ProbeSource, alphas: list[float], clock: PhaseClock) -> tuple[xr.Dataset, pd.DataFrame]:
     """Spectra of one (step, layer) slice: dumped to scratch (or reused when a complete one is there), measured,
     deleted. A chunk that fails its checksum is never read as data: the slice is regenerated once."""
     for attempt in (1, 2):
-        sl = ensure_slice(spec, store, device, step, layer, probes)
+        sl = ensure_slice(spec, store, device, step, layer, probes, clock)
         manifest = json.loads((sl / "manifest.json").read_text())
         try:
-            ds, rows = measure_store(zarr.open_group(str(sl / "acts.zarr"), mode="r"), manifest, alphas, device)
+            ds, rows = measure_store(zarr.open_group(str(sl / "acts.zarr"), mode="r"), manifest, alphas, device,
+                                     clock)
             break
         except Exception as err:  # a corrupt or truncated chunk: never read silently, regenerate once
             if attempt == 2:
@@ -111,11 +117,12 @@ def measure_run(spec: dict[str, Any], work: Path, store: RunStore, device: torch
     layout = run_layout(spec, store)
     steps, layers, sites, D = layout["steps"], list(range(layout["layers"])), layout["sites"], layout["D"]
     probes = ProbeSource(spec, store)
+    clock = PhaseClock(device)
     parts: dict[tuple[int, int], xr.Dataset] = {}
     frames = []
     for step in steps:
         for layer in layers:
-            parts[(step, layer)], rows = _measure_slice(spec, store, device, step, layer, probes, alphas)
+            parts[(step, layer)], rows = _measure_slice(spec, store, device, step, layer, probes, alphas, clock)
             frames.append(rows)
     # Sets can differ between steps (train_batch: a bucket too rare in one step's batch is skipped there).
     sets = [s for s in ALL_SETS if any(s in p.coords["bucket"].values for p in parts.values())]
@@ -146,4 +153,5 @@ def measure_run(spec: dict[str, Any], work: Path, store: RunStore, device: torch
     ranks.to_csv(work / "ranks.csv", index=False)
     shutil.rmtree(scratch_dir(store.project_root, spec["measure_key"]), ignore_errors=True)
     return {"n_spectra": int(len(ranks)),
-            "min_N_over_D": float(ranks["N_over_D"].min()) if len(ranks) else math.nan}
+            "min_N_over_D": float(ranks["N_over_D"].min()) if len(ranks) else math.nan,
+            "phase_seconds": clock.as_dict()}  # summed over slices: what `specscale calibrate` extrapolates

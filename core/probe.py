@@ -29,6 +29,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
 
 from specscale.buckets import BUCKET_NAMES, POOLED, ProbeSet, batch_probe_set
 from specscale.model import GPT
+from specscale.phase_clock import PhaseClock
 from specscale.cache import RunStore
 from specscale.shard_manifest import open_splits
 from specscale.shards import TokenWindows
@@ -130,8 +131,10 @@ class ProbeSource:
 
 def _write_store(root: zarr.Group, model: GPT, train_dir: Path, train_spec: dict[str, Any], probes: ProbeSource,
                  probe_cfg: dict[str, Any], steps: list[int], layers: list[int], sites: list[str],
-                 device: torch.device) -> tuple[dict[int, dict[str, int]], str | None]:
-    """Dump (steps × layers × sites × sets) into root; returns N per set of each step and the compute dtype."""
+                 device: torch.device, clock: PhaseClock) -> tuple[dict[int, dict[str, int]], str | None]:
+    """Dump (steps × layers × sites × sets) into root; returns N per set of each step and the compute dtype.
+    `clock` gets the seconds of the phases `load` (checkpoint), `forward` (the probe's batches) and `write` (rows
+    out of the captured activations, into zarr)."""
     dtype = np.dtype(probe_cfg["dtype"])
     chunk_rows = int(probe_cfg["chunk_tokens"])
     ffn_dim = model.shape.ffn_dim
@@ -142,9 +145,10 @@ def _write_store(root: zarr.Group, model: GPT, train_dir: Path, train_spec: dict
         sets = probe_sets(probe)
         n_by_step[step] = {k: int(len(v)) for k, v in sets.items()}
         seq_len = probe.windows.shape[1]
-        state = torch.load(checkpoint_path(train_dir, step), map_location=device, weights_only=True)
-        model.load_state_dict(state)
-        del state  # a second copy of the weights (≈ 0.8 GB at 160M k=8) is not needed past the load
+        with clock.phase("load"):
+            state = torch.load(checkpoint_path(train_dir, step), map_location=device, weights_only=True)
+            model.load_state_dict(state)
+            del state  # a second copy of the weights (≈ 0.8 GB at 160M k=8) is not needed past the load
         model.eval()
         writers: dict[tuple[int, str, str], _ChunkedWriter] = {}
         for layer in layers:
@@ -164,27 +168,29 @@ def _write_store(root: zarr.Group, model: GPT, train_dir: Path, train_spec: dict
                 for start, windows in _batches(probe, int(probe_cfg.get("batch_size", 8))):
                     lo, hi = start * seq_len, (start + len(windows)) * seq_len
                     x = torch.as_tensor(windows.astype(np.int64), device=device)
-                    with autocast_context(device, train_spec["train"]["precision"]):
+                    with clock.phase("forward"), autocast_context(device, train_spec["train"]["precision"]):
                         model(x)
-                    for (layer, site), act in captured.items():
-                        compute_dtype = compute_dtype or str(act.dtype).replace("torch.", "")
-                        flat = act.reshape(-1, act.shape[-1])  # (B·T, D): row r is flat position lo + r
-                        for name, idx in sets.items():
-                            a, b = np.searchsorted(idx, [lo, hi])
-                            if b > a:
-                                rows = flat[torch.as_tensor(idx[a:b] - lo, device=flat.device)]
-                                writers[(layer, site, name)].append(rows.float().cpu().numpy().astype(dtype))
+                    with clock.phase("write"):
+                        for (layer, site), act in captured.items():
+                            compute_dtype = compute_dtype or str(act.dtype).replace("torch.", "")
+                            flat = act.reshape(-1, act.shape[-1])  # (B·T, D): row r is flat position lo + r
+                            for name, idx in sets.items():
+                                a, b = np.searchsorted(idx, [lo, hi])
+                                if b > a:
+                                    rows = flat[torch.as_tensor(idx[a:b] - lo, device=flat.device)]
+                                    writers[(layer, site, name)].append(rows.float().cpu().numpy().astype(dtype))
         finally:
             for h in hooks:
                 h.remove()
-        for writer in writers.values():
-            writer.flush(final=True)
+        with clock.phase("write"):
+            for writer in writers.values():
+                writer.flush(final=True)
     return n_by_step, compute_dtype
 
 
 def dump_activations(train_dir: Path, probes: ProbeSource, probe_cfg: dict[str, Any], out_dir: Path,
                      device: torch.device, steps: list[int] | None = None, layers: list[int] | None = None,
-                     sites: list[str] | None = None) -> dict[str, Any]:
+                     sites: list[str] | None = None, clock: PhaseClock | None = None) -> dict[str, Any]:
     """Write the activations of `steps` (default: every kept checkpoint) × `layers` (default all) × `sites` to
     out_dir/acts.zarr, crash-safe (tmp dir, then rename; out_dir/_COMPLETE marks it finished).
 
@@ -202,7 +208,7 @@ def dump_activations(train_dir: Path, probes: ProbeSource, probe_cfg: dict[str, 
     tmp.mkdir(parents=True)
     root = zarr.open_group(str(tmp / "acts.zarr"), mode="w")
     n_by_step, compute_dtype = _write_store(root, model, train_dir, train_spec, probes, probe_cfg, steps, layers,
-                                            sites, device)
+                                            sites, device, clock or PhaseClock())
     manifest = _manifest(probe_cfg, steps, layers, sites, n_by_step, model.shape.ffn_dim, probes)
     manifest["compute_dtype"] = compute_dtype or "float32"
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -262,7 +268,7 @@ def slice_dir(project_root: Path, key: str, step: int, layer: int) -> Path:
 
 
 def ensure_slice(spec: dict[str, Any], store: RunStore, device: torch.device, step: int, layer: int,
-                 probes: ProbeSource | None = None) -> Path:
+                 probes: ProbeSource | None = None, clock: PhaseClock | None = None) -> Path:
     """The complete activation store of one (step, layer) of a measurement — every site and set — in scratch,
     generated from the checkpoint when absent (a complete slice left by an interrupted job is reused). Peak scratch
     is this slice: sites × Σ_sets N × D × itemsize bytes."""
@@ -271,7 +277,7 @@ def ensure_slice(spec: dict[str, Any], store: RunStore, device: torch.device, st
         probes = probes or ProbeSource(spec, store)
         cfg = {**spec["probe"], **spec["runtime"]}
         dump_activations(store.final_dir("train", spec["inputs"]["train"]), probes, cfg, out, device,
-                         steps=[step], layers=[layer])
+                         steps=[step], layers=[layer], clock=clock)
     return out
 
 

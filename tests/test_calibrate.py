@@ -3,6 +3,7 @@ and a failing stage reported in one clear line each; the user's project untouche
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -10,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specscale.calibrate import STAGES, calibration_study, write_synthetic_shards
+from specscale.cache import RunStore
+from specscale.calibrate import STAGES, Measured, _fan_out_seconds, calibration_study, write_synthetic_shards
 from specscale.shards import GPT2_VOCAB, open_tokens
 from specscale.spec import load_study
+from specscale.train import kept_checkpoints
 from specscale.stages.cli import main
+from specscale.stages.runner import plan_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +46,10 @@ def test_smoke_calibration_prints_every_stage_and_the_extrapolation(tmp_path, ca
     assert re.search(r"^  total +[\d.]+ (s|min|h) = [\d.,]+ device-hours", out, re.M), out
     assert "plan's estimate (train only):" in out
     assert "Σ_runs FLOPs(run) / measured training FLOP/s" in out
+    # the spectra run timed its phases (provenance.json) and each was extrapolated by its own law
+    phases = re.search(r"^  spectra .*\((.*)\)$", out, re.M)
+    assert phases and [p.split()[0] for p in phases[1].split(", ")] == [
+        "covariance", "eigh", "forward", "load", "write", "rest"], out
     assert not (tmp_path / "runs").exists()  # measured in a temporary project, never the user's
 
 
@@ -84,6 +92,30 @@ def test_calibration_study_reduces_the_sweep_and_keeps_the_shapes(tmp_path):
     assert (small.sweep.widths[0], small.model.n_layers, small.train.batch_size) == (2, 1, 4)
     assert (small.probe.tokens_per_bucket, small.probe.pooled_tokens) == (1024, 2048)
     assert study.train.steps == 6000  # the user's study is not modified
+
+
+def test_spectra_phases_scale_by_their_own_laws(tmp_path):
+    """The measured run is k=4 (D = 4·32 = 128); the study adds k=1 (D = 32) and k=2, same layers and checkpoints.
+    Per slice, eigh scales as D³, covariance as N·D², write as N·D; the rest of the stage's time is per run."""
+    params = _project(tmp_path, "smoke", "sweep: {optimizers: [adamw], widths: [1, 2, 4], seeds: [0]}\n")
+    study = load_study(params)
+    full = plan_study(study, params)
+    small = plan_study(calibration_study(study, 2, None, None, None, None), params)  # same probe N: N ratio 1
+    store = RunStore(tmp_path)
+    run_dir = store.final_dir("spectra", small.spectra[0].key)
+    run_dir.mkdir(parents=True)
+    phases = {"eigh": 8.0, "covariance": 4.0, "write": 2.0}
+    (run_dir / "provenance.json").write_text(json.dumps({"phase_seconds": phases}))
+    measured = {"spectra": Measured("spectra", 20.0, 0, None, True)}  # 14 s of phases + 6 s of the rest
+    _, by_phase = _fan_out_seconds(full, small, store, measured)
+    t = full.train[0].spec["train"]
+    ckpts = len(kept_checkpoints(t["steps"], t["log_every"], t["keep_checkpoints"], t["keep_all_checkpoints"]))
+    scale = ckpts / 2  # the measured run kept checkpoints 0 and 2; layers are the same
+    d = [0.25, 0.5, 1.0]
+    assert by_phase["eigh"] == pytest.approx(8.0 * scale * sum(x ** 3 for x in d), rel=1e-12)
+    assert by_phase["covariance"] == pytest.approx(4.0 * scale * sum(x ** 2 for x in d), rel=1e-12)
+    assert by_phase["write"] == pytest.approx(2.0 * scale * sum(d), rel=1e-12)
+    assert by_phase["rest"] == pytest.approx(6.0 * 3, rel=1e-12)
 
 
 def test_synthetic_shards_are_gpt2_vocabulary_bin_shards(tmp_path):
