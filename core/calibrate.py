@@ -221,7 +221,7 @@ class Extrapolation:
     mfu: float | None
     plan_gpu_h: float
     plan_bytes: dict[str, float]
-    spectra_phases: dict[str, float]  # phase → seconds of the whole study's spectra stage (sums to seconds["spectra"])
+    spectra_phases: dict[str, float]  # phase → whole-study seconds (sum: seconds["spectra"])
 
 
 def extrapolate(full: StudyPlan, small: StudyPlan, store: RunStore, measured: dict[str, Measured],
@@ -255,10 +255,11 @@ def _spectra_phases(store: RunStore, small: StudyPlan) -> dict[str, float]:
 
 def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore,
                      measured: dict[str, Measured]) -> tuple[float | None, dict[str, float] | None]:
-    """Whole-study seconds of the activations stage, and of the spectra stage by phase. The spectra run records its phases (summed over
-    its slices, core/phase_clock.py); each scales per (checkpoint, layer) slice by its own law from the measured
-    run m to every run r: load × params_r/params_m, forward × forwarded tokens × FLOPs per token, write × N·D,
-    covariance × N·D², eigh × D³; what is left of the stage's time (start-up, metrics, files) is per run."""
+    """Whole-study seconds of the activations stage, and of the spectra stage by phase. The spectra run records its
+    phases (summed over its slices, core/phase_clock.py); each scales per (checkpoint, layer) slice by its own law
+    from the measured run m to every run r: load × params_r/params_m, forward × forwarded tokens × FLOPs per token,
+    write × N·D, covariance × N·D², eigh × D³; what is left of the stage's time (start-up, metrics, files) is per
+    run."""
     run = small.train[0]
     shape_m, cost_m = _shape(run), run_costs(small, run)
     slices_m = _n_ckpt(run) * shape_m.n_layers
@@ -291,7 +292,7 @@ FORMULAS = (
     "train        Σ_runs FLOPs(run) / measured training FLOP/s   (FLOPs = flops_per_token(shape, seq) × steps × batch "
     "× seq, as `plan`)",
     "activations  t × runs   (it describes the slices; × N_probe/N_measured where probe.keep_activations dumps)",
-    "spectra      Σ_runs checkpoints × layers × Σ_phases t_phase/(checkpoint·layer) × law + the rest × runs; laws: "
+    "spectra      Σ_runs checkpoints × layers × Σ_phases t_phase/(checkpoint·layer) × law + rest × runs; laws: "
     "load × params, forward × probe tokens × FLOPs/token, write × N·D, covariance × N·D², eigh × D³",
 )
 
