@@ -1,0 +1,35 @@
+"""The study files under specs/params/ (what docs/findings/ ran: `cp specs/params/X.yaml params.yaml && dvc repro`)
+load, validate and plan the runs their findings report, so a preset edit cannot silently change a published study."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from helpers import REPO, make_project
+from specscale.spec import load_study
+from specscale.stages.runner import plan_study
+
+
+def _plan(tmp_path: Path, name: str):
+    params = make_project(tmp_path, (REPO / "specs" / "params" / f"{name}.yaml").read_text())
+    study = load_study(params)
+    return study, plan_study(study, params)
+
+
+def test_tiny_long_plans_main_sweep_lr_sweep_and_tuned_arm(tmp_path):
+    study, plan = _plan(tmp_path, "tiny-long")
+    assert (study.data.source, study.train.steps, study.train.log_every) == ("stdlib", 1800, 100)
+    arms = Counter(arm for run in plan.train for arm in run.point.arms)
+    # main: 2 optimizers × 4 widths × 3 seeds; lr_sweep: 2 × 6 multipliers at k = 1, seed 0; tuned: AdamW's 12 runs
+    # at 0.024 are new, Muon's 12 at 0.02 are the main sweep's runs (same key, one run in two arms)
+    assert (arms["main"], arms["lr_sweep"], arms["tuned"]) == (24, 12, 24)
+    assert len(plan.train) == len({run.key for run in plan.train}) == 24 + 12 + 12
+
+
+def test_tiny_long_english_is_the_main_sweep_on_gcide(tmp_path):
+    study, plan = _plan(tmp_path, "tiny-long-english")
+    assert (study.data.source, list(study.data.paths)) == ("files", ["/usr/share/dictd/gcide.dict.dz"])
+    assert (study.data.doc_bytes, study.train.steps, dict(study.ablations)) == (1024, 1800, {})
+    assert Counter((run.point.optimizer, run.point.width) for run in plan.train) == {
+        (opt, k): 3 for opt in ("adamw", "muon") for k in (1, 2, 4, 8)}
