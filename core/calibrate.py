@@ -235,7 +235,7 @@ def extrapolate(full: StudyPlan, small: StudyPlan, store: RunStore, measured: di
     rate = flops_per_token(shape, t["seq_len"]) * tokens_per_s  # training FLOP/s achieved here
     costs = [run_costs(full, r) for r in full.train]
     seconds = {"train": sum(c["flops"] for c in costs) / rate}
-    seconds["activations"], phases = _fan_out_seconds(full, small, store, measured)
+    seconds["activations"], phases = _fan_out_seconds(full, small, store, measured, costs)
     seconds["spectra"] = sum(phases.values()) if phases is not None else None
     for stage in ("tokenize", "buckets"):
         if stage in measured:
@@ -253,13 +253,13 @@ def _spectra_phases(store: RunStore, small: StudyPlan) -> dict[str, float]:
     return dict(provenance.get("phase_seconds", {}))
 
 
-def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore,
-                     measured: dict[str, Measured]) -> tuple[float | None, dict[str, float] | None]:
+def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore, measured: dict[str, Measured],
+                     costs: list[dict[str, float]]) -> tuple[float | None, dict[str, float] | None]:
     """Whole-study seconds of the activations stage, and of the spectra stage by phase. The spectra run records its
     phases (summed over its slices, core/phase_clock.py); each scales per (checkpoint, layer) slice by its own law
     from the measured run m to every run r: load × params_r/params_m, forward × forwarded tokens × FLOPs per token,
     write × N·D, covariance × N·D², eigh × D³; what is left of the stage's time (start-up, metrics, files) is per
-    run."""
+    run. `costs`: run_costs of every run of full.train, in order."""
     run = small.train[0]
     shape_m, cost_m = _shape(run), run_costs(small, run)
     slices_m = _n_ckpt(run) * shape_m.n_layers
@@ -275,10 +275,10 @@ def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore,
         per_run_rest = max(measured["spectra"].seconds - sum(phases.values()), 0.0)
         per_slice = {name: t / slices_m for name, t in phases.items()}
         spectra = {name: 0.0 for name in [*per_slice, "rest"]}
-        for r in full.train:
+        for r, cost_r in zip(full.train, costs):
             shape_r = _shape(r)
             d = shape_r.ffn_dim / shape_m.ffn_dim
-            law = {"load": run_costs(full, r)["n_params"] / cost_m["n_params"],
+            law = {"load": cost_r["n_params"] / cost_m["n_params"],
                    "forward": fwd_ratio * flops_per_token(shape_r, r.spec["train"]["seq_len"])
                    / flops_per_token(shape_m, run.spec["train"]["seq_len"]),
                    "write": n_ratio * d, "covariance": n_ratio * d ** 2, "eigh": d ** 3}
@@ -341,8 +341,9 @@ def print_report(full: StudyPlan, small: StudyPlan, measured: list[Measured], ex
     print(f"whole study ({n_runs} training runs), extrapolated to one device like this one:")
     for stage in STAGES:
         if stage in ex.seconds:
-            by_phase = ", ".join(f"{name} {_fmt_s(t)}" for name, t in ex.spectra_phases.items())
-            print(f"  {stage:<12} {_fmt_s(ex.seconds[stage]):>12}" + (f"   ({by_phase})" if stage == "spectra" else ""))
+            phases = ex.spectra_phases.items() if stage == "spectra" else ()
+            split = ", ".join(f"{name} {_fmt_s(t)}" for name, t in phases)
+            print(f"  {stage:<12} {_fmt_s(ex.seconds[stage]):>12}" + (f"   ({split})" if split else ""))
     total = sum(ex.seconds.values())
     print(f"  {'total':<12} {_fmt_s(total):>12} = {total / 3600:,.1f} device-hours "
           f"(of which measured stages: {', '.join(s for s in STAGES if s in ex.seconds)})")

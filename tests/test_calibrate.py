@@ -15,6 +15,7 @@ from specscale.cache import RunStore
 from specscale.calibrate import STAGES, Measured, _fan_out_seconds, calibration_study, write_synthetic_shards
 from specscale.shards import GPT2_VOCAB, open_tokens
 from specscale.spec import load_study
+from specscale.status import run_costs
 from specscale.train import kept_checkpoints
 from specscale.stages.cli import main
 from specscale.stages.runner import plan_study
@@ -107,7 +108,7 @@ def test_spectra_phases_scale_by_their_own_laws(tmp_path):
     phases = {"eigh": 8.0, "covariance": 4.0, "write": 2.0}
     (run_dir / "provenance.json").write_text(json.dumps({"phase_seconds": phases}))
     measured = {"spectra": Measured("spectra", 20.0, 0, None, True)}  # 14 s of phases + 6 s of the rest
-    _, by_phase = _fan_out_seconds(full, small, store, measured)
+    _, by_phase = _fan_out_seconds(full, small, store, measured, [run_costs(full, r) for r in full.train])
     t = full.train[0].spec["train"]
     ckpts = len(kept_checkpoints(t["steps"], t["log_every"], t["keep_checkpoints"], t["keep_all_checkpoints"]))
     scale = ckpts / 2  # the measured run kept checkpoints 0 and 2; layers are the same
@@ -116,6 +117,14 @@ def test_spectra_phases_scale_by_their_own_laws(tmp_path):
     assert by_phase["covariance"] == pytest.approx(4.0 * scale * sum(x ** 2 for x in d), rel=1e-12)
     assert by_phase["write"] == pytest.approx(2.0 * scale * sum(d), rel=1e-12)
     assert by_phase["rest"] == pytest.approx(6.0 * 3, rel=1e-12)
+    # priced onto its own shape (a study of k = 4 alone), every law is 1, load and forward included
+    (run_dir / "provenance.json").write_text(json.dumps({"phase_seconds": {**phases, "load": 1.0, "forward": 3.0}}))
+    (tmp_path / "k4").mkdir()
+    params_k4 = _project(tmp_path / "k4", "smoke", "sweep: {optimizers: [adamw], widths: [4], seeds: [0]}\n")
+    only = plan_study(load_study(params_k4), params_k4)
+    _, same = _fan_out_seconds(only, small, store, measured, [run_costs(only, r) for r in only.train])
+    assert same == pytest.approx({"eigh": 8.0 * scale, "covariance": 4.0 * scale, "write": 2.0 * scale,
+                                  "load": 1.0 * scale, "forward": 3.0 * scale, "rest": 20.0 - 18.0}, rel=1e-12)
 
 
 def test_synthetic_shards_are_gpt2_vocabulary_bin_shards(tmp_path):
