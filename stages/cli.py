@@ -1,4 +1,4 @@
-"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate, calibrate and
+"""`specscale` command: stage entry points for dvc.yaml, plus plan, status, gc, validate, calibrate, recover and
 fit-points.
 
 It sits above the library (specscale.*) and the stage scripts: the stages come from the stage table."""
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from specscale.calibrate import run_calibration
+from specscale.dvc_recover import ProjectBusy, recover_torn_dvc_files, torn_dvc_files
 from specscale.fit import fit_points_cli
 from specscale.plan import StudyPlan
 from specscale.spec import SpecError, load_study
@@ -37,6 +38,9 @@ def _status(args: argparse.Namespace) -> int:
     plan, store = load_plan(args.params)
     code, policy = fingerprints(), plan.study.cache.on_code_change
     print_status(plan, store, code, policy)
+    for torn in torn_dvc_files(store.project_root):
+        print(f"DVC cannot read {torn.path.relative_to(store.project_root)}: {torn.reason}; a `dvc repro` was "
+              "killed while DVC rewrote it: run `specscale recover`, then `dvc repro`")
     if args.why:
         print_why(plan, store, code, policy)
     return 0
@@ -75,6 +79,21 @@ def _calibrate(args: argparse.Namespace) -> int:
         BY_NAME[name], plan, store), steps=args.steps, width=args.width, layers=args.layers,
         micro_batch=args.micro_batch, probe_tokens=args.probe_tokens, synthetic=args.synthetic_data,
         gpu_tflops=args.gpu_tflops, plan_mfu=args.mfu)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    root = project_root()
+    try:
+        moved = recover_torn_dvc_files(root)
+    except ProjectBusy as err:
+        print(f"specscale recover: {err}", file=sys.stderr)
+        return 1
+    for torn, target in moved:
+        print(f"set aside {torn.path.relative_to(root)} → {target.relative_to(root)}: {torn.reason}")
+    if any(torn.path.name == "dvc.lock" for torn, _ in moved):
+        print("without dvc.lock every stage command runs again at the next `dvc repro`; each reuses its finished runs")
+    print("run `dvc repro` to go on" if moved else "nothing to recover: DVC can read .dvc/tmp/rwlock and dvc.lock")
+    return 0
 
 
 def _fit_points(args: argparse.Namespace) -> int:
@@ -120,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak TFLOP/s of this device, for MFU (default: 989 on CUDA, none on CPU)")
     p.add_argument("--mfu", type=float, default=0.4, help="the MFU `plan` assumes, for its estimate")
     p.set_defaults(func=_calibrate)
+    sub.add_parser("recover", help="after a killed `dvc repro`: set aside DVC's own files the kill left half-written "
+                   "(.dvc/tmp/rwlock, dvc.lock), so that `dvc repro` can go on").set_defaults(func=_recover)
     p = sub.add_parser("fit-points", help="fit rank ∝ D^β on rank points from any source (CSV)")
     p.add_argument("file")
     p.add_argument("--out", default=None, help="write the fitted table as CSV")

@@ -271,6 +271,17 @@ def test_cli_status_and_plan_why_on_a_fresh_project(tmp_path: Path) -> None:
     assert listing(tmp_path) == before  # looking writes nothing
 
 
+def test_cli_status_names_a_dvc_file_torn_by_a_kill(tmp_path: Path) -> None:
+    make_project(tmp_path, "preset: smoke\nsweep: {optimizers: [adamw], widths: [1], seeds: [0]}\n")
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    (tmp_path / ".dvc" / "tmp" / "rwlock").write_text('{"read": {')  # cut short mid-write
+    out = _cli(tmp_path, "status")
+    assert out.returncode == 0, out
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("DVC cannot read")]
+    assert line.startswith("DVC cannot read .dvc/tmp/rwlock: not a valid DVC rwlock file (JSONDecodeError")
+    assert line.endswith("run `specscale recover`, then `dvc repro`")
+
+
 def test_a_bad_precision_name_is_caught_before_any_run(tmp_path: Path) -> None:
     msg = _error(tmp_path, "preset: smoke\nsweep: {optimizers: [muon]}\noptim: {muon: {ns_dtype: bf16}}\n")
     assert "'optim.muon.ns_dtype'" in msg and "'bf16' is not a dtype name" in msg and "bfloat16" in msg
