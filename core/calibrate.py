@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from specscale.cache import RunStore
 from specscale.dataset import bin_files
-from specscale.model import ModelShape, flops_per_token
+from specscale.model import ModelShape, flops_per_token, probe_forward_flops
 from specscale.plan import PlannedRun, StudyPlan
 from specscale.shards import GPT2_VOCAB, write_bin_shard
 from specscale.spec import SpecError
@@ -248,6 +248,12 @@ def extrapolate(full: StudyPlan, small: StudyPlan, store: RunStore, measured: di
     return Extrapolation(seconds, rate, tokens_per_s, mfu, plan_gpu_h, plan_bytes, phases or {})
 
 
+def _slice_forward_flops(shape: ModelShape, seq_len: int) -> float:
+    """Mean forward FLOPs per probe token over the (checkpoint, layer) slices of a run: the slice of layer l runs
+    blocks 0…l (GPT.forward_through), so the mean over L layers is (L + 1)/2 blocks, no head."""
+    return sum(probe_forward_flops(shape, seq_len, l) for l in range(shape.n_layers)) / shape.n_layers
+
+
 def _spectra_phases(store: RunStore, small: StudyPlan) -> dict[str, float]:
     provenance = json.loads((store.final_dir("spectra", small.spectra[0].key) / "provenance.json").read_text())
     return dict(provenance.get("phase_seconds", {}))
@@ -257,8 +263,8 @@ def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore, measure
                      costs: list[dict[str, float]]) -> tuple[float | None, dict[str, float] | None]:
     """Whole-study seconds of the activations stage, and of the spectra stage by phase. The spectra run records its
     phases (summed over its slices, core/phase_clock.py); each scales per (checkpoint, layer) slice by its own law
-    from the measured run m to every run r: load × params_r/params_m, forward × forwarded tokens × FLOPs per token,
-    write × N·D, covariance × N·D², eigh × D³; what is left of the stage's time (start-up, metrics, files) is per
+    from the measured run m to every run r: load × params_r/params_m, forward × forwarded tokens × mean forward
+    FLOPs per token of a slice (blocks 0…l for layer l, no head), write × N·D, covariance × N·D², eigh × D³; what is left of the stage's time (start-up, metrics, files) is per
     run. `costs`: run_costs of every run of full.train, in order."""
     run = small.train[0]
     shape_m, cost_m = _shape(run), run_costs(small, run)
@@ -279,8 +285,8 @@ def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore, measure
             shape_r = _shape(r)
             d = shape_r.ffn_dim / shape_m.ffn_dim
             law = {"load": cost_r["n_params"] / cost_m["n_params"],
-                   "forward": fwd_ratio * flops_per_token(shape_r, r.spec["train"]["seq_len"])
-                   / flops_per_token(shape_m, run.spec["train"]["seq_len"]),
+                   "forward": fwd_ratio * _slice_forward_flops(shape_r, r.spec["train"]["seq_len"])
+                   / _slice_forward_flops(shape_m, run.spec["train"]["seq_len"]),
                    "write": n_ratio * d, "covariance": n_ratio * d ** 2, "eigh": d ** 3}
             for name, t in per_slice.items():
                 spectra[name] += _n_ckpt(r) * shape_r.n_layers * t * law.get(name, 1.0)
@@ -293,7 +299,8 @@ FORMULAS = (
     "× seq, as `plan`)",
     "activations  t × runs   (it describes the slices; × N_probe/N_measured where probe.keep_activations dumps)",
     "spectra      Σ_runs checkpoints × layers × Σ_phases t_phase/(checkpoint·layer) × law + rest × runs; laws: "
-    "load × params, forward × probe tokens × FLOPs/token, write × N·D, covariance × N·D², eigh × D³",
+    "load × params, forward × probe tokens × slice FLOPs/token (blocks 0…l, no head), write × N·D, covariance × N·D², "
+    "eigh × D³",
 )
 
 

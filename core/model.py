@@ -145,6 +145,17 @@ class GPT(nn.Module):
             x = block(x)
         return self.head(rms_norm(x)).float()
 
+    def forward_through(self, idx: torch.Tensor, last_layer: int) -> torch.Tensor:
+        """idx (B, T) int64 → the residual stream (B, T, d_model) after block `last_layer`, no head. The probe runs
+        only the blocks its captured sites need: every op up to that block is the one `forward` runs, so the
+        captured activations are bit-identical, and blocks past it and the head (V·d per token) are skipped."""
+        if not 0 <= last_layer < len(self.blocks):
+            raise ValueError(f"last_layer {last_layer} is not a block of this {len(self.blocks)}-layer model")
+        x = self.embed(idx)
+        for block in self.blocks[: last_layer + 1]:
+            x = block(x)
+        return x
+
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(idx)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
@@ -159,6 +170,14 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def probe_forward_flops(shape: ModelShape, seq_len: int, last_layer: int) -> float:
+    """Forward FLOPs per token of `GPT.forward_through(·, last_layer)`: blocks 0…last_layer (2 per multiply-add of
+    the q, k, v, o and FFN matmuls, plus QKᵀ and AV over the causal window counted as in flops_per_token), no head."""
+    d, D = shape.d_model, shape.ffn_dim
+    per_block = 2.0 * (4 * d * d + 2 * d * D) + 2.0 * 2 * seq_len * d
+    return (last_layer + 1) * per_block
 
 
 def flops_per_token(shape: ModelShape, seq_len: int) -> float:

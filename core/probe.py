@@ -169,7 +169,7 @@ def _write_store(root: zarr.Group, model: GPT, train_dir: Path, train_spec: dict
                     lo, hi = start * seq_len, (start + len(windows)) * seq_len
                     x = torch.as_tensor(windows.astype(np.int64), device=device)
                     with clock.phase("forward"), autocast_context(device, train_spec["train"]["precision"]):
-                        model(x)
+                        model.forward_through(x, max(layers))  # the blocks after the last captured one never run
                     with clock.phase("write"):
                         for (layer, site), act in captured.items():
                             compute_dtype = compute_dtype or str(act.dtype).replace("torch.", "")

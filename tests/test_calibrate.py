@@ -117,6 +117,15 @@ def test_spectra_phases_scale_by_their_own_laws(tmp_path):
     assert by_phase["covariance"] == pytest.approx(4.0 * scale * sum(x ** 2 for x in d), rel=1e-12)
     assert by_phase["write"] == pytest.approx(2.0 * scale * sum(d), rel=1e-12)
     assert by_phase["rest"] == pytest.approx(6.0 * 3, rel=1e-12)
+    # forward: a slice of layer l runs blocks 0…l, so a run's mean slice is (L + 1)/2 blocks, no head; same L and
+    # probe tokens here, so the law is the ratio of one block's forward FLOPs per token at D = k·d
+    (run_dir / "provenance.json").write_text(json.dumps({"phase_seconds": {**phases, "forward": 3.0}}))
+    measured_fwd = {"spectra": Measured("spectra", 23.0, 0, None, True)}
+    _, with_fwd = _fan_out_seconds(full, small, store, measured_fwd, [run_costs(full, r) for r in full.train])
+    dm, seq = study.model.d_model, study.train.seq_len
+    block = lambda k: 2 * (4 * dm * dm + 2 * dm * k * dm) + 4 * seq * dm  # noqa: E731
+    assert with_fwd["forward"] == pytest.approx(3.0 * scale * sum(block(k) / block(4) for k in (1, 2, 4)), rel=1e-12)
+    assert with_fwd["rest"] == pytest.approx(6.0 * 3, rel=1e-12)
     # priced onto its own shape (a study of k = 4 alone), every law is 1, load and forward included
     (run_dir / "provenance.json").write_text(json.dumps({"phase_seconds": {**phases, "load": 1.0, "forward": 3.0}}))
     (tmp_path / "k4").mkdir()

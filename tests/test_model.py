@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specscale.model import GPT, ModelShape, Rotary, flops_per_token, init_linear_, rms_norm
+from specscale.model import GPT, ModelShape, Rotary, flops_per_token, init_linear_, probe_forward_flops, rms_norm
 from tolerances import eps, rounding_tol
 
 F32 = torch.float32
@@ -278,6 +278,42 @@ def test_ffn_site_hooks_capture_pre_and_post() -> None:
         assert torch.equal(pre, c_proj_inputs[("fc", i)])  # pre is c_fc's output
         assert torch.equal(post, c_proj_inputs[i])  # post is c_proj's input
         assert (post >= 0).all() and (pre < 0).any()
+
+
+@pytest.mark.parametrize("postln", [0.0, 0.5])
+def test_forward_through_captures_bit_identical_sites_and_stops(postln: float) -> None:
+    """The probe's early exit: the sites of blocks 0…l come out of forward_through(·, l) exactly as out of the full
+    forward (the same ops in the same order), and no later block runs."""
+    model, idx = _model(postln_fraction=postln), _tokens(B=2, T=9)
+    full: dict = {}
+    handles = [m.register_forward_hook(lambda mod, inp, out, key=key: full.__setitem__(key, out.detach()))
+               for key, m in model.ffn_sites().items()]
+    with torch.no_grad():
+        model(idx)
+        for last in range(model.shape.n_layers):
+            full_copy, ran = dict(full), []
+            full.clear()
+            later = [b.register_forward_pre_hook(lambda mod, inp, i=i: ran.append(i))
+                     for i, b in enumerate(model.blocks)]
+            hidden = model.forward_through(idx, last)
+            for h in later:
+                h.remove()
+            assert ran == list(range(last + 1)) and hidden.shape == (2, 9, 32)
+            assert set(full) == {(i, s) for i in range(last + 1) for s in ("pre", "post")}
+            assert all(torch.equal(full[k], full_copy[k]) for k in full)
+            full.update({k: v for k, v in full_copy.items() if k not in full})
+    for h in handles:
+        h.remove()
+    with pytest.raises(ValueError, match="last_layer 3 is not a block of this 3-layer model"):
+        model.forward_through(idx, 3)
+
+
+def test_probe_forward_flops() -> None:
+    shape = ModelShape(vocab_size=100, d_model=8, n_layers=2, n_heads=2, ffn_dim=32)
+    block = 2 * (4 * 64 + 2 * 8 * 32) + 2 * 2 * 16 * 8  # matmuls, then QKᵀ and AV: no head (100 · 8) at all
+    assert [probe_forward_flops(shape, 16, last) for last in (0, 1)] == [block, 2 * block]
+    # the last block's probe forward is the model's forward FLOPs (a third of training's) less the head
+    assert probe_forward_flops(shape, 16, 1) == flops_per_token(shape, 16) / 3 - 2 * 100 * 8
 
 
 # --- causality -----------------------------------------------------------------------------------------------------
