@@ -83,6 +83,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _recover(args: argparse.Namespace) -> int:
     root = project_root()
+    if not (root / ".dvc").is_dir():
+        print(f"specscale recover: {root} is not a DVC project (no .dvc/): run it where you run `dvc repro`",
+              file=sys.stderr)
+        return 2
     try:
         moved = recover_torn_dvc_files(root)
     except ProjectBusy as err:

@@ -107,3 +107,10 @@ def test_nothing_is_touched_while_dvc_holds_the_project(project: Path) -> None:
         holder.wait()
     [(torn, _)] = recover_torn_dvc_files(project)  # the holder is gone: now it is set aside
     assert torn.path == rwlock and not rwlock.exists()
+
+
+def test_outside_a_dvc_project_it_says_so(tmp_path: Path) -> None:
+    out = _specscale_recover(tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == (f"specscale recover: {tmp_path.resolve()} is not a DVC project (no .dvc/): run it "
+                                  "where you run `dvc repro`")
