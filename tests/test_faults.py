@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -179,8 +180,9 @@ def test_sigkill_anywhere_in_a_stage(stage: str, reference: dict, matrix, tmp_pa
         before = _finished_runs(project)
         out = _repro(project, check=False)
         if out.returncode != 0 and _torn_by_the_kill(out.stdout + out.stderr):  # the kill landed inside DVC's own rewrite
-            _recover_torn(project)
-            outcomes.append("after `specscale recover`")
+            said = _recover_torn(project)
+            torn = re.findall(r"^set aside (\S+) →", said, re.M)
+            outcomes.append(f"after `specscale recover` ({', '.join(torn)} torn)")
             out = _repro(project, check=False)
         assert out.returncode == 0, f"rerun after a kill {delay:.1f} s into {stage} failed:\n{out.stdout[-3000:]}" \
                                     f"\n{out.stderr[-2000:]}"
