@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
-from specscale.model import GPT, ModelShape, flops_per_token, probe_forward_flops
+from specscale.model import GPT, flops_per_token, probe_forward_flops
+from specscale.shards import GPT2_VOCAB
+from specscale.spec import load_study, to_container
+from specscale.train import model_shape
 
-PRESETS = {  # d_model, layers, heads, seq_len, as specs/gpt2-160m.yaml and specs/gpt2-350m.yaml
-    "gpt2-160m": (768, 12, 12, 512),
-    "gpt2-350m": (1024, 24, 32, 512),
-}
-VOCAB = 50304  # GPT-2's 50,257 ids padded to a multiple of 64, as the presets' embedding and head
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_of(fn, repeats: int) -> float:
@@ -36,17 +36,18 @@ def best_of(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=list(PRESETS), default="gpt2-160m")
+    parser.add_argument("--preset", choices=["gpt2-160m", "gpt2-350m"], default="gpt2-160m")
     parser.add_argument("--width", type=int, default=8, help="FFN width multiplier k (D = k·d_model)")
     parser.add_argument("--tokens", type=int, default=1024, help="probe tokens per forward (whole windows)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    d, layers, heads, seq = PRESETS[args.preset]
-    shape = ModelShape(vocab_size=VOCAB, d_model=d, n_layers=layers, n_heads=heads, ffn_dim=args.width * d,
-                       max_seq_len=seq)
+    study = load_study(ROOT / "no-params.yaml", preset=args.preset)  # the preset alone, no params.yaml on top
+    study.model.ffn_mult = args.width
+    shape = model_shape(to_container(study), GPT2_VOCAB)  # the preset's shape, embedding padded as in training
+    layers, seq = shape.n_layers, shape.max_seq_len
     torch.manual_seed(0)
     model = GPT(shape).eval()
-    x = torch.randint(0, VOCAB, (max(args.tokens // seq, 1), seq))
+    x = torch.randint(0, shape.vocab_size, (max(args.tokens // seq, 1), seq))
     print(f"{args.preset} k={args.width}: D={shape.ffn_dim}, {layers} layers, {x.numel()} tokens per forward, "
           f"{torch.get_num_threads()} threads")
     full = through = 0.0
@@ -54,7 +55,8 @@ def main() -> None:
         for layer in range(layers):
             full += best_of(lambda: model(x), args.repeats)
             through += best_of(lambda layer=layer: model.forward_through(x, layer), args.repeats)
-    predicted = layers * flops_per_token(shape, seq) / 3 / sum(probe_forward_flops(shape, seq, l) for l in range(layers))
+    whole_model = layers * flops_per_token(shape, seq) / 3  # the old probe: a full forward (head included) per slice
+    predicted = whole_model / sum(probe_forward_flops(shape, seq, l) for l in range(layers))
     print(f"per checkpoint ({layers} slices): whole model {full:.2f} s, through block l {through:.2f} s")
     print(f"speed-up {full / through:.2f}× (FLOPs predict {predicted:.2f}×)")
 

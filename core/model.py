@@ -172,17 +172,20 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def probe_forward_flops(shape: ModelShape, seq_len: int, last_layer: int) -> float:
-    """Forward FLOPs per token of `GPT.forward_through(·, last_layer)`: blocks 0…last_layer (2 per multiply-add of
-    the q, k, v, o and FFN matmuls, plus QKᵀ and AV over the causal window counted as in flops_per_token), no head."""
+def _block_forward_flops(shape: ModelShape, seq_len: int) -> float:
+    """Forward FLOPs per token of one block: 2 per multiply-add of the q, k, v, o and FFN matmuls (4d² + 2dD
+    weights), plus QKᵀ and AV (2·seq·d multiply-adds per token, counted over the whole window)."""
     d, D = shape.d_model, shape.ffn_dim
-    per_block = 2.0 * (4 * d * d + 2 * d * D) + 2.0 * 2 * seq_len * d
-    return (last_layer + 1) * per_block
+    return 2.0 * (4 * d * d + 2 * d * D) + 2.0 * 2 * seq_len * d
+
+
+def probe_forward_flops(shape: ModelShape, seq_len: int, last_layer: int) -> float:
+    """Forward FLOPs per token of `GPT.forward_through(·, last_layer)`: blocks 0…last_layer, no head."""
+    return (last_layer + 1) * _block_forward_flops(shape, seq_len)
 
 
 def flops_per_token(shape: ModelShape, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward ≈ 6·N_matmul + attention scores), the usual Kaplan estimate."""
-    d, D, L = shape.d_model, shape.ffn_dim, shape.n_layers
-    matmul_params = L * (4 * d * d + 2 * d * D) + shape.vocab_size * d
-    attention = L * 2 * seq_len * d  # QK^T and AV per token, forward
-    return 6.0 * matmul_params + 3.0 * 2 * attention
+    """Training FLOPs per token: 3 × the forward (backward ≈ 2 × forward), the forward being every block plus the
+    head (V·d weights, 2 FLOPs per multiply-add): the usual Kaplan 6·N_matmul + attention scores estimate."""
+    head = 2.0 * shape.vocab_size * shape.d_model
+    return 3.0 * (shape.n_layers * _block_forward_flops(shape, seq_len) + head)
