@@ -17,7 +17,8 @@ import time
 import torch
 from torch import nn
 
-from specscale.optim import build_optimizer, default_hparams
+from specscale.optim.factory import build_optimizer
+from specscale.optim.defaults import default_hparams
 
 # Block shapes: (d_model, n_layers). Heads do not change any matrix shape (q, k, v, o are d×d), so they are omitted.
 PRESETS: dict[str, tuple[int, int]] = {"tiny": (64, 2), "gpt2-160m": (768, 12)}

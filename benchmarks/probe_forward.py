@@ -5,7 +5,7 @@
 
 For every layer l it times, in the same run and best of R, one full forward and one forward through block l over the
 same N tokens, and prints the summed time over the L slices of a checkpoint for both, their ratio, and the ratio the
-FLOP count predicts (core/model.py: probe_forward_flops against the full forward with its head). Activations of
+FLOP count predicts (core/specscale/model/gpt.py: probe_forward_flops against the full forward with its head). Activations of
 the slices are bit-identical either way (tests/test_model.py); this measures only the time.
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from specscale.model import GPT, flops_per_token, probe_forward_flops
-from specscale.shards import GPT2_VOCAB
-from specscale.spec import load_study, to_container
-from specscale.train import model_shape
+from specscale.model.gpt import GPT, flops_per_token, probe_forward_flops
+from specscale.tokens.shards import GPT2_VOCAB
+from specscale.study.spec import load_study, to_container
+from specscale.model.build import model_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-GPT2_VOCAB = 50257  # ids drawn below this, as in FineWeb shards (specscale.shards.GPT2_VOCAB)
+GPT2_VOCAB = 50257  # ids drawn below this, as in FineWeb shards (specscale.tokens.shards.GPT2_VOCAB)
 CHUNK = 1 << 24  # tokens per read: buckets' _COUNT_CHUNK
 MEASUREMENTS = ("tokenize", "bare_sum", "stream_sum", "bare_bincount", "unigram_count", "unigram_blocks")
 
@@ -75,9 +75,9 @@ def measure(name: str, root: Path) -> dict:
         return {"seconds": time.perf_counter() - t0, "tokens": tokens, "check": check,
                 "rss_before": before, "peak_rss": _status("VmHWM")}
 
-    from specscale.buckets import unigram_counts
-    from specscale.dataset import build_token_shards
-    from specscale.shard_manifest import open_splits
+    from specscale.tokens.buckets import unigram_counts
+    from specscale.tokens.tokenize import build_token_shards
+    from specscale.tokens.manifest import open_splits
 
     before = _status("VmRSS")
     t0 = time.perf_counter()

@@ -43,13 +43,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zarr  # noqa: E402
 
-from specscale.covariance import (  # noqa: E402
+from specscale.measure.covariance import (  # noqa: E402
     CovarianceAccumulator,
     covariance_of_array,
     default_chunk_tokens,
     eigenvalues,
 )
-from specscale.spectra import all_metrics  # noqa: E402
+from specscale.measure.metrics import all_metrics  # noqa: E402
 
 SPECTRA_PER_RUN = 12 * 2 * 4 * 5  # layers × sites (pre, post) × sets (HEAD, MID, TAIL, pooled) × checkpoints
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specscale.optim import default_hparams
-from specscale.shards import write_tokens
-from specscale.train import Trainer, build_model
+from specscale.optim.defaults import default_hparams
+from specscale.tokens.shards import write_tokens
+from specscale.train.train import Trainer
+from specscale.model.build import build_model
 
 
 def make_spec(args: argparse.Namespace) -> dict:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specscale.cache import RunStore
-from specscale.plan import StudyPlan, measurable_runs
-from specscale.probe import keep_activations
-from specscale.train import resolve_device
+from specscale.store.runs import RunStore
+from specscale.study.plan import StudyPlan, measurable_runs
+from specscale.measure.activations import keep_activations
+from specscale.model.build import resolve_device
 
 
 def select(plan: StudyPlan, store: RunStore) -> set[str]:

@@ -10,14 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from specscale.calibrate import run_calibration
-from specscale.dvc_recover import ProjectBusy, recover_torn_dvc_files, torn_dvc_files
-from specscale.fit import fit_points_cli
-from specscale.plan import StudyPlan
-from specscale.spec import SpecError, load_study
-from specscale.stages.runner import fingerprints, load_plan, plan_study, project_root, run_stage
-from specscale.stages.table import BY_NAME, STAGES
-from specscale.status import print_plan, print_status, print_why
+from specscale.tools.calibrate import run_calibration
+from specscale.store.recover import ProjectBusy, recover_torn_dvc_files, torn_dvc_files
+from specscale.fit.laws import fit_points_cli
+from specscale.study.plan import StudyPlan
+from specscale.study.spec import SpecError, load_study
+from stages.runner import fingerprints, load_plan, plan_study, project_root, run_stage
+from stages.table import BY_NAME, STAGES
+from specscale.tools.status import H100_BF16_PEAK_TFLOPS, print_plan, print_status, print_why
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def _gc(args: argparse.Namespace) -> int:
     doomed: list[Path] = []
     for stage in StudyPlan.run_stages():
         wanted = plan.keys(stage)
-        for base in (store.stage_dir(stage), store.root / ".work" / stage):
+        for base in (store.stage_dir(stage), store.work_stage_dir(stage)):
             if base.is_dir():
                 doomed += [p for p in sorted(base.iterdir()) if p.is_dir() and p.name not in wanted]
     if not doomed:
@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=[s.name for s in STAGES])
     p.set_defaults(func=_stage)
     p = sub.add_parser("plan", help="list every run with FLOPs, GPU-hours and bytes to store")
-    p.add_argument("--gpu-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s of one GPU (H100: 989)")
+    p.add_argument("--gpu-tflops", type=float, default=H100_BF16_PEAK_TFLOPS,
+                   help=f"peak bf16 TFLOP/s of one GPU (H100: {H100_BF16_PEAK_TFLOPS:g})")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
     p.add_argument("--why", action="store_true", help=WHY_HELP)
     p.set_defaults(func=_plan)
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-data", action="store_true",
                    help="`bin` presets: measure on synthetic GPT-2-vocabulary shards written to the temporary project")
     p.add_argument("--gpu-tflops", type=float, default=None,
-                   help="peak TFLOP/s of this device, for MFU (default: 989 on CUDA, none on CPU)")
+                   help=f"peak TFLOP/s of this device, for MFU (default: {H100_BF16_PEAK_TFLOPS:g} on CUDA, "
+                   "none on CPU)")
     p.add_argument("--mfu", type=float, default=0.4, help="the MFU `plan` assumes, for its estimate")
     p.set_defaults(func=_calibrate)
     sub.add_parser("recover", help="after a killed `dvc repro`: set aside DVC's own files the kill left half-written "

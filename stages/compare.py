@@ -1,11 +1,12 @@
 """compare stage (aggregate): comparisons across groups of runs, from the fit stage's tables and per-step spectra,
-into results/compare/ and results/compare.json (the files are listed in core/compare_outputs.py)."""
+into results/compare/ and results/compare.json (the files are listed in core/specscale/compare/compare.py)."""
 
 from __future__ import annotations
 
-from specscale.cache import RunStore
-from specscale.compare_outputs import optim_extras, write_compare
-from specscale.plan import StudyPlan
+from specscale.store.runs import RunStore
+from specscale.compare.compare import write_compare
+from specscale.study.labels import optim_extras
+from specscale.study.plan import StudyPlan
 
 
 def main(plan: StudyPlan, store: RunStore) -> int:

@@ -1,10 +1,10 @@
-"""fit stage (aggregate): results/runs.csv, ranks.csv, betas*.csv and the metrics JSON (specscale.fit_study)."""
+"""fit stage (aggregate): results/runs.csv, ranks.csv, betas*.csv and the metrics JSON (specscale.fit.fit)."""
 
 from __future__ import annotations
 
-from specscale.cache import RunStore
-from specscale.fit_study import write_fit_results
-from specscale.plan import StudyPlan
+from specscale.store.runs import RunStore
+from specscale.fit.fit import write_fit_results
+from specscale.study.plan import StudyPlan
 
 
 def main(plan: StudyPlan, store: RunStore) -> int:

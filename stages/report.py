@@ -3,15 +3,15 @@
 
 The study description (preset, sweep, ablations, probe token counts) comes from the resolved plan; the choices made
 where the paper is silent are read from README.md's "Choices where the paper is silent" at build time, so the
-report never drifts from the documentation. What the report shows is core/report_sections.py's SECTIONS.
+report never drifts from the documentation. What the report shows is core/specscale/report/sections.py's SECTIONS.
 """
 
 from __future__ import annotations
 
-from specscale.cache import RunStore
-from specscale.plan import StudyPlan
-from specscale.report import build_report, parse_choices
-from specscale.report_sections import study_context
+from specscale.store.runs import RunStore
+from specscale.study.plan import StudyPlan
+from specscale.report.report import build_report, parse_choices
+from specscale.report.sections import study_context
 
 
 def main(plan: StudyPlan, store: RunStore) -> int:

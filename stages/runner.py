@@ -8,13 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from specscale.cache import RunStore
-from specscale.fingerprint import CodeRef, ModuleGraph, package_dirs
-from specscale.launch import Launcher, Task
-from specscale.plan import StudyPlan, make_plan
-from specscale.remote import RemoteError, restore_runs
-from specscale.spec import load_study
-from specscale.stages.table import STAGES, VERSIONS, Stage
+from specscale.store.runs import RunStore
+from specscale.store.fingerprint import CodeRef, ModuleGraph, package_dirs
+from specscale.launch.launcher import Launcher, Task
+from specscale.study.plan import StudyPlan, make_plan
+from specscale.store.remote import RemoteError, restore_runs
+from specscale.study.spec import load_study
+from stages.table import STAGES, VERSIONS, Stage
 
 
 def project_root() -> Path:

@@ -1,16 +1,18 @@
 """spectra stage (fan-out): eigenvalues and effective ranks of every activation array of a measured run
-(specscale.measure). Activations are dumped to scratch from the checkpoints one (step, layer) slice at a time,
+(specscale.measure.spectra). Activations are dumped to scratch from the checkpoints one (step, layer) slice at a time,
 measured and deleted, so the dump and the eigendecomposition share one job and peak scratch is one slice."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from specscale.cache import RunStore
-from specscale.measure import measure_run
-from specscale.plan import StudyPlan
-from specscale.train import resolve_device
+from specscale.store.runs import RunStore
+from specscale.measure.spectra import measure_run
+from specscale.model.build import resolve_device
+
+if TYPE_CHECKING:  # a type only: the spectra job's code (its fingerprint) does not include the study plan
+    from specscale.study.plan import StudyPlan
 
 
 def select(plan: StudyPlan, store: RunStore) -> set[str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from specscale.stages import activations, buckets, compare, fit, report, spectra, tokenize, train
+from stages import activations, buckets, compare, fit, report, spectra, tokenize, train
 
 
 @dataclass(frozen=True)

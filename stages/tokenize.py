@@ -1,13 +1,13 @@
 """tokenize stage (single run): corpus → BPE → train.bin / val.bin, or for `.bin` shards a manifest that reads them in
-place (specscale.dataset)."""
+place (specscale.tokens.tokenize)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from specscale.cache import RunStore
-from specscale.dataset import build_token_shards
+from specscale.store.runs import RunStore
+from specscale.tokens.tokenize import build_token_shards
 
 
 def run_one(spec: dict[str, Any], work: Path, store: RunStore) -> dict[str, Any]:

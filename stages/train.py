@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specscale.cache import RunStore
-from specscale.train import RESUME_FILE, train_run
+from specscale.store.runs import RunStore
+from specscale.train.train import RESUME_FILE, train_run
 
 
 def run_one(spec: dict[str, Any], work: Path, store: RunStore) -> dict[str, Any]:

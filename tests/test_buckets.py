@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import specscale.buckets as buckets_mod
+import specscale.tokens.buckets as buckets_mod
 from helpers import make_project, write_tokens_dir
-from specscale.buckets import (
+from specscale.tokens.buckets import (
     BUCKET_NAMES,
     PaperCutoffs,
     ProbeSet,
@@ -21,9 +21,9 @@ from specscale.buckets import (
     unigram_counts,
     vocab_entries,
 )
-from specscale.shards import ConcatTokens
-from specscale.spec import SpecError, load_study
-from specscale.stages.runner import plan_study
+from specscale.tokens.shards import ConcatTokens
+from specscale.study.spec import SpecError, load_study
+from stages.runner import plan_study
 
 HEAD, MID, TAIL, UNSEEN = 0, 1, 2, -1
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from specscale.integrity import CONTENTS_FILE, damaged_files, file_digest, set_aside_if_damaged
-from specscale.cache import (
+from specscale.store.integrity import CONTENTS_FILE, damaged_files, file_digest, set_aside_if_damaged
+from specscale.store.runs import (
     KEY_LENGTH,
     PROVENANCE_FILE,
     SPEC_FILE,

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specscale.cache import RunStore
-from specscale.calibrate import STAGES, Measured, _fan_out_seconds, calibration_study, write_synthetic_shards
-from specscale.shards import GPT2_VOCAB, open_tokens
-from specscale.spec import load_study
-from specscale.status import run_costs
-from specscale.train import kept_checkpoints
-from specscale.stages.cli import main
-from specscale.stages.runner import plan_study
+from specscale.store.runs import RunStore
+from specscale.tools.calibrate import STAGES, Measured, _fan_out_seconds, calibration_study, write_synthetic_shards
+from specscale.tokens.shards import GPT2_VOCAB, open_tokens
+from specscale.study.spec import load_study
+from specscale.tools.status import run_costs
+from specscale.model.build import kept_checkpoints
+from stages.cli import main
+from stages.runner import plan_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_a_failing_stage_is_one_line_without_traceback(tmp_path, capsys, monkeyp
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     # the real launcher path (in-process run, error.log), with training failing as it would at scale
-    monkeypatch.setattr("specscale.stages.train.train_run", out_of_memory)
+    monkeypatch.setattr("stages.train.train_run", out_of_memory)
     assert main(["--params", str(params), "calibrate", "--steps", "1"]) == 1
     out = capsys.readouterr()
     assert _row(out.out, "train").endswith("FAILED: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specscale import compare as cmp
-from specscale.paper import load_published, our_cells, side_by_side
+from specscale.compare import comparisons as cmp
+from specscale.compare.paper import load_published, our_cells, side_by_side
 
 from tolerances import rounding_tol
 
@@ -122,7 +122,7 @@ def test_postln_table_columns_and_labels() -> None:
 
 
 def test_settings_text_matches_published_rows() -> None:
-    from specscale.compare_outputs import format_extra
+    from specscale.study.labels import format_extra
 
     extra = format_extra({"lr": 1e-4, "embed_lr": 1e-4, "head_lr": 1e-4})
     assert extra == "lr=0.0001"
@@ -205,9 +205,9 @@ def test_optimizer_labels_from_a_real_plan(tmp_path: Path) -> None:
     """The gpt2-160m preset's PostLN arms at lr 1e-4 / 3e-4 get the labels the published rows use."""
     from helpers import make_project
 
-    from specscale.compare_outputs import optim_extras
-    from specscale.spec import load_study
-    from specscale.stages.runner import plan_study
+    from specscale.study.labels import optim_extras
+    from specscale.study.spec import load_study
+    from stages.runner import plan_study
 
     params = make_project(tmp_path, "preset: gpt2-160m\n")
     plan = plan_study(load_study(params), params)

@@ -13,11 +13,11 @@ import pytest
 import torch
 from tokenizers import pre_tokenizers
 
-from specscale.corpus import file_documents, hf_documents, split_documents, stdlib_documents
-from specscale.dataset import VAL_BLOCK_TOKENS, build_token_shards
-from specscale.shard_manifest import ShardChangedError, fingerprint, open_splits
-from specscale.shards import GPT2_VOCAB, ConcatTokens, ShardFormatError, write_bin_shard
-from specscale.tokenizer import (
+from specscale.tokens.corpus import file_documents, hf_documents, split_documents, stdlib_documents
+from specscale.tokens.tokenize import VAL_BLOCK_TOKENS, build_token_shards
+from specscale.tokens.manifest import ShardChangedError, fingerprint, open_splits
+from specscale.tokens.shards import GPT2_VOCAB, ConcatTokens, ShardFormatError, write_bin_shard
+from specscale.tokens.tokenizer import (
     EOT_ID,
     EOT_TOKEN,
     encode_documents,
@@ -289,9 +289,9 @@ def test_shard_changed_after_tokenize_is_an_error_naming_it(tmp_path: Path, chan
 
 def test_trainer_reads_windows_from_the_mapped_shards(tmp_path: Path) -> None:
     from helpers import make_project
-    from specscale.spec import load_study
-    from specscale.stages.runner import plan_study
-    from specscale.train import Trainer
+    from specscale.study.spec import load_study
+    from stages.runner import plan_study
+    from specscale.train.train import Trainer
 
     ref = _shards(tmp_path, (3000, 5000))
     val_ref = _shards(tmp_path, (2000,), prefix="val", seed=1)
@@ -317,9 +317,9 @@ from pathlib import Path
 
 import numpy as np
 
-from specscale.dataset import build_token_shards
-from specscale.shard_manifest import open_splits
-from specscale.shards import TokenWindows, read_bin_shard
+from specscale.tokens.tokenize import build_token_shards
+from specscale.tokens.manifest import open_splits
+from specscale.tokens.shards import TokenWindows, read_bin_shard
 
 root = Path(sys.argv[1])
 status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import make_project
-from specscale.corpus import (
+from specscale.tokens.corpus import (
     GCIDE_INSTALL_HINT,
     GCIDE_PATH,
     file_documents,
@@ -21,9 +21,9 @@ from specscale.corpus import (
     split_entries,
     split_documents,
 )
-from specscale.dataset import build_token_shards, documents
-from specscale.spec import SpecError, load_study
-from specscale.stages.runner import plan_study
+from specscale.tokens.tokenize import build_token_shards, documents
+from specscale.study.spec import SpecError, load_study
+from stages.runner import plan_study
 
 # Three entries as dictd writes them: headword in column 0 after a blank line; senses, quotations and notes indented
 # (a blank line before an indented line is inside an entry, not a boundary).

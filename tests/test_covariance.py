@@ -1,4 +1,4 @@
-"""Streamed covariance and eigenvalues (specscale.covariance) against numpy references."""
+"""Streamed covariance and eigenvalues (specscale.measure.covariance) against numpy references."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pytest
 import torch
 import zarr
 
-from specscale.covariance import (
+from specscale.measure.covariance import (
     CovarianceAccumulator,
     accumulate_array,
     covariance_of_array,
     default_chunk_tokens,
     eigenvalues,
 )
-from specscale.spectra import renyi_rank
+from specscale.measure.metrics import renyi_rank
 from tolerances import rounding_tol
 
 F64 = np.float64

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from specscale.dvc_recover import ProjectBusy, recover_torn_dvc_files, torn_dvc_files
+from specscale.store.recover import ProjectBusy, recover_torn_dvc_files, torn_dvc_files
 
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 
@@ -37,7 +37,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def _specscale_recover(root: Path) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "specscale.stages.cli", "recover"], root)
+    return _run([sys.executable, "-m", "stages.cli", "recover"], root)
 
 
 def test_sound_files_are_left_alone(project: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from smoke_project import finished, git_commit, make_project, run, smoke_params
+from helpers import finished, git_commit, make_smoke_project, run, smoke_params
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def reference(tmp_path_factory) -> dict:
     """An uninterrupted run, stage by stage: its results, the duration of each stage, and a copy of the project
     before each stage (so a fault can be injected into one stage without rerunning everything before it)."""
     base = tmp_path_factory.mktemp("faults")
-    project = make_project(base / "ref", PARAMS)
+    project = make_smoke_project(base / "ref", PARAMS)
     snapshots, durations, sizes = {}, {}, {}
     for stage in STAGES:
         snapshots[stage] = base / f"before_{stage}"

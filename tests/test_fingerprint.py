@@ -3,7 +3,7 @@ says so; recompute replaces the old run only once the new one is finished), `--w
 weights-only checkpoint loading, and no credentials in anything written under runs/.
 
 The policy tests run a fake stage whose code lives in a throwaway package on disk, so that editing one of its files
-changes the stage's fingerprint exactly as editing core/train.py changes the train stage's.
+changes the stage's fingerprint exactly as editing core/specscale/train/train.py changes the train stage's.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -23,15 +24,17 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers import REPO, make_project, write_tokens_dir
-from specscale.cache import (CODE_FIELD, INPUT_RUNS_FIELD, PROVENANCE_FILE, RUN_ID_FIELD, SUCCESS, RunStore, read_json,
+from specscale.store.runs import (CODE_FIELD, INPUT_RUNS_FIELD, PROVENANCE_FILE, RUN_ID_FIELD, SUCCESS, RunStore, read_json,
                              stable_hash)
-from specscale.fingerprint import NOT_RECORDED, CodeRef, ModuleGraph, code_diff, files_text, mixed_files
-from specscale.fit_study import mixed_groups
-from specscale.launch import Launcher, Task
-from specscale.spec import LauncherSpec, load_study
-from specscale.stages.runner import fingerprints, plan_study
-from specscale.status import print_status, print_why, spec_diff
-from specscale.train import RESUME_FILE, train_run
+from specscale.store.fingerprint import (MOVED_CODE_FILE, NOT_RECORDED, CodeRef, ModuleGraph, _moved_code, as_moved,
+                                         code_diff, files_text, fingerprint_id, mixed_files)
+from specscale.fit.fit import mixed_groups
+from specscale.launch.launcher import Launcher, Task
+from specscale.study.spec import LauncherSpec, load_study
+from stages.table import STAGES
+from stages.runner import fingerprints, plan_study
+from specscale.tools.status import print_status, print_why, spec_diff
+from specscale.train.train import RESUME_FILE, train_run
 
 
 def _sha(path: Path) -> str:
@@ -49,43 +52,87 @@ def _write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> dict[str, Path]:
-    """A two-package tree shaped like ours: pkg (core) with a subpackage, and pkg.stages."""
+    """A tree shaped like ours: core/pkg (the library, with a sub-package) and stages/ (the stage scripts)."""
     root = tmp_path / "src"
-    _write(root / "core/__init__.py", "")
-    _write(root / "core/a.py", "from pkg.b import B\n\ndef f():\n    from pkg.sub import helper  # lazy: still code\n")
-    _write(root / "core/b.py", "B = 1\n")
-    _write(root / "core/c.py", "C = 3  # imported by nobody\n")
-    _write(root / "core/sub/__init__.py", "from .helper import H\n")
-    _write(root / "core/sub/helper.py", "H = 2\n")
+    _write(root / "core/pkg/__init__.py", '"""a docstring only: no code"""\n')
+    _write(root / "core/pkg/a.py", """\
+        from typing import TYPE_CHECKING
+
+        from pkg.b import B
+
+        if TYPE_CHECKING:  # type-only: never runs
+            from pkg.c import C
+        else:
+            from pkg.sub import H  # the else branch runs
+
+        def f():
+            from pkg.sub import helper  # lazy: still code
+        """)
+    _write(root / "core/pkg/b.py", "B = 1\n")
+    _write(root / "core/pkg/c.py", "C = 3  # imported by nobody at run time\n")
+    _write(root / "core/pkg/sub/__init__.py", "from .helper import H\n")
+    _write(root / "core/pkg/sub/helper.py", "H = 2\n")
+    _write(root / "stages/__init__.py", "")
     _write(root / "stages/s.py", "import json\nfrom pkg.a import f\n")
-    return {"pkg": root / "core", "pkg.sub": root / "core/sub", "pkg.stages": root / "stages"}
+    return {"pkg": root / "core/pkg", "stages": root / "stages"}
 
 
-def test_fingerprint_names_every_file_the_entry_module_imports(tree: dict[str, Path]) -> None:
+def test_fingerprint_names_every_file_the_entry_module_runs(tree: dict[str, Path]) -> None:
     graph = ModuleGraph(tree)
-    assert graph.root == tree["pkg"].parent
-    assert graph.imports["pkg.stages.s"] == {"pkg.a"}
-    assert graph.imports["pkg.a"] == {"pkg.b", "pkg.sub", "pkg.sub.helper"}
+    assert graph.root == tree["pkg"].parents[1]
+    assert set(graph.files) == {"pkg", "pkg.a", "pkg.b", "pkg.c", "pkg.sub", "pkg.sub.helper", "stages", "stages.s"}
+    assert graph.imports["stages.s"] == {"pkg.a"}
+    assert graph.imports["pkg.a"] == {"pkg.b", "pkg.sub", "pkg.sub.helper"}  # not pkg.c: type-only
     assert graph.imports["pkg.sub"] == {"pkg.sub.helper"}  # relative import
-    files = ["core/a.py", "core/b.py", "core/sub/__init__.py", "core/sub/helper.py", "stages/s.py"]
+    # pkg/__init__.py and stages/__init__.py hold no code: not part of any fingerprint
+    files = ["core/pkg/a.py", "core/pkg/b.py", "core/pkg/sub/__init__.py", "core/pkg/sub/helper.py", "stages/s.py"]
     root = graph.root
-    assert graph.fingerprint("pkg.stages.s") == {f: _sha(root / f) for f in files}
-    assert CodeRef.of("pkg.stages.s", tree).fingerprint() == graph.fingerprint("pkg.stages.s")
+    assert graph.fingerprint("stages.s") == {f: _sha(root / f) for f in files}
+    assert CodeRef.of("stages.s", tree).fingerprint() == graph.fingerprint("stages.s")
     with pytest.raises(KeyError, match="pkg.nope"):
         graph.fingerprint("pkg.nope")
 
 
 def test_a_change_is_named_by_file(tree: dict[str, Path]) -> None:
-    ref = CodeRef.of("pkg.stages.s", tree)
+    ref = CodeRef.of("stages.s", tree)
     before = ref.fingerprint()
     assert code_diff(before, ref.fingerprint()) == []
     (tree["pkg"] / "b.py").write_text("B = 1  # a comment is a change too: bytes are hashed\n")
-    (tree["pkg"] / "c.py").write_text("C = 4\n")  # not imported: not part of the stage's code
-    assert code_diff(before, ref.fingerprint()) == ["core/b.py"]
-    (tree["pkg"] / "a.py").write_text("from pkg.b import B\nfrom pkg.c import C\n")  # a new import, a lost one
-    assert code_diff(before, ref.fingerprint()) == ["core/a.py", "core/b.py", "core/c.py", "core/sub/__init__.py",
-                                                     "core/sub/helper.py"]
+    (tree["pkg"] / "c.py").write_text("C = 4\n")  # imported only for type checking: not part of the stage's code
+    assert code_diff(before, ref.fingerprint()) == ["core/pkg/b.py"]
+    (tree["pkg"] / "a.py").write_text("from pkg.b import B\nfrom pkg.c import C\n")  # a new import, lost ones
+    assert code_diff(before, ref.fingerprint()) == ["core/pkg/a.py", "core/pkg/b.py", "core/pkg/c.py",
+                                                     "core/pkg/sub/__init__.py", "core/pkg/sub/helper.py"]
     assert code_diff(None, before) == [NOT_RECORDED]
+
+
+def test_a_moved_fingerprint_reads_as_the_code_after_the_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose recorded fingerprint is exactly the code before a move is judged against the code right after it
+    (no file differs); one byte different anywhere and it is judged as recorded."""
+    before = {"core/train.py": "a" * 64, "stages/train.py": "b" * 64}
+    after = {"core/specscale/train/train.py": "c" * 64, "stages/train.py": "d" * 64}
+    table = tmp_path / "moved_code.json"
+    table.write_text(json.dumps({fingerprint_id(before): after}))
+    monkeypatch.setattr("specscale.store.fingerprint.MOVED_CODE_FILE", table)
+    _moved_code.cache_clear()
+    try:
+        assert as_moved(before) == after and code_diff(as_moved(before), after) == []
+        edited = {**before, "core/train.py": "e" * 64}
+        assert as_moved(edited) == edited
+        assert code_diff(as_moved(edited), after) == sorted({*edited, *after})
+        assert as_moved(None) is None
+    finally:
+        _moved_code.cache_clear()
+
+
+def test_the_real_move_table_names_todays_files() -> None:
+    """Every fingerprint the move table maps to names files of today's layout, and every fingerprint it maps from
+    names files of the layout before it (core/<module>.py): an entry cannot silently hide a change of today's code."""
+    table = json.loads(MOVED_CODE_FILE.read_text())
+    assert table, "the move of issue 19 is recorded"
+    for key, after in table.items():
+        assert all((REPO / f).is_file() for f in after), sorted(f for f in after if not (REPO / f).is_file())
+        assert all(f.startswith(("core/specscale/", "stages/")) for f in after)
 
 
 def test_mixed_files() -> None:
@@ -101,10 +148,40 @@ def test_the_real_stages_fingerprints() -> None:
     code = fingerprints()
     assert set(code) == {"tokenize", "buckets", "train", "activations", "spectra"}  # aggregate stages own no runs
     train = code["train"]
-    assert {"stages/train.py", "core/train.py", "core/model.py", "core/optim/muon.py", "core/cache.py"} <= set(train)
-    assert "core/spectra.py" not in train and "stages/spectra.py" not in train
-    assert train["core/train.py"] == _sha(REPO / "core/train.py")
-    assert {"core/spectra.py", "core/probe.py", "core/train.py"} <= set(code["spectra"])
+    assert {"stages/train.py", "core/specscale/train/train.py", "core/specscale/model/gpt.py",
+            "core/specscale/optim/muon.py", "core/specscale/store/runs.py"} <= set(train)
+    assert "core/specscale/measure/metrics.py" not in train and "stages/spectra.py" not in train
+    assert train["core/specscale/train/train.py"] == _sha(REPO / "core/specscale/train/train.py")
+    spectra = code["spectra"]
+    assert {"core/specscale/measure/metrics.py", "core/specscale/measure/activations.py", "stages/spectra.py"} <= set(spectra)
+    # a spectrum's code does not depend on how its model was trained (issue 19: ≤ 15 files, no optimizer, no trainer)
+    assert len(spectra) <= 15, sorted(spectra)
+    assert [f for f in spectra if "/optim/" in f or "/train/" in f] == []
+    # the activations stage plans which runs are measurable (study/), which knows the optimizers' defaults only
+    assert [f for f in code["activations"] if "/optim/" in f or "/train/" in f] == ["core/specscale/optim/defaults.py"]
+
+
+def test_an_edit_to_an_optimizer_flags_train_runs_only(tmp_path: Path) -> None:
+    """Appending a comment to an optimizer file changes the train stage's fingerprint and no other stage's (so no
+    activations, spectra or β made from them is 'made by other code'); the same edit to the probe flags the
+    activations and spectra stages and not train."""
+    shutil.copytree(REPO / "core/specscale", tmp_path / "core/specscale", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    dirs = {"specscale": tmp_path / "core/specscale", "stages": tmp_path / "stages"}
+
+    def stage_prints() -> dict[str, dict[str, str]]:
+        return {s.name: ModuleGraph(dirs).fingerprint(s.module) for s in STAGES}
+
+    before = stage_prints()
+    with open(tmp_path / "core/specscale/optim/dion.py", "a") as f:
+        f.write("# a comment\n")
+    after = stage_prints()
+    assert {name: code_diff(before[name], after[name]) for name in before if before[name] != after[name]} == {
+        "train": ["core/specscale/optim/dion.py"]}
+    with open(tmp_path / "core/specscale/measure/activations.py", "a") as f:
+        f.write("# a comment\n")
+    probe_edit = stage_prints()
+    assert sorted(name for name in after if after[name] != probe_edit[name]) == ["activations", "spectra"]
 
 
 # --- the policy, on a fake stage -------------------------------------------------------------------------------------
@@ -221,10 +298,10 @@ def test_a_replacement_killed_between_its_renames_is_recovered(tmp_path: Path, m
             raise KeyboardInterrupt  # the process is killed after moving the old run aside
         real_rename(src, dst)
 
-    monkeypatch.setattr("specscale.cache.os.rename", dies_on_second)
+    monkeypatch.setattr("specscale.store.runs.os.rename", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         store.commit("s", "k", "cpu", 0.0, replace=True)
-    monkeypatch.setattr("specscale.cache.os.rename", real_rename)
+    monkeypatch.setattr("specscale.store.runs.os.rename", real_rename)
     assert not store.is_done("s", "k")  # missing, never half-finished
     assert (store.replaced_dir("s", "k") / "out").read_text() == "old"
     assert (store.work_dir("s", "k") / SUCCESS).exists()
@@ -279,10 +356,10 @@ def _finish(store: RunStore, run, code: dict | None = None) -> None:
 def test_why_names_the_nearest_run_and_the_fields(tmp_path: Path, capsys) -> None:
     plan, store = _study(tmp_path)
     first = [r for r in plan.train if r.point.optimizer == "adamw" and r.point.width == 1][0]
-    _finish(store, first, {"core/train.py": "1"})
+    _finish(store, first, {"core/specscale/train/train.py": "1"})
     lr = first.spec["optim"]["hparams"]["lr"]
     plan2, _ = _study(tmp_path / "again", "optim: {adamw: {lr: 0.5}}\n")
-    print_why(plan2, store, {"train": {"core/train.py": "1"}}, "warn")
+    print_why(plan2, store, {"train": {"core/specscale/train/train.py": "1"}}, "warn")
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "why (cache.on_code_change: warn):"
     assert out[1] == "[tokenize] 1 to compute"
@@ -314,38 +391,38 @@ def test_why_names_the_nearest_run_and_the_fields(tmp_path: Path, capsys) -> Non
 
 def test_why_and_status_name_runs_made_by_other_code(tmp_path: Path, capsys) -> None:
     plan, store = _study(tmp_path)
-    made, today = {"core/train.py": "old", "core/model.py": "same"}, {"core/train.py": "new", "core/model.py": "same"}
+    made, today = {"core/specscale/train/train.py": "old", "core/specscale/model/gpt.py": "same"}, {"core/specscale/train/train.py": "new", "core/specscale/model/gpt.py": "same"}
     for run in plan.train:
         _finish(store, run, made if run.point.width == 3 else today)
     w3 = [r for r in plan.train if r.point.width == 3]
     print_why(plan, store, {"train": today}, "warn")
     out = capsys.readouterr().out.splitlines()
     assert "[train] 0 to compute, 2 cached made by other code" in out
-    assert f"  {w3[0].label} (key {w3[0].key}) cached, made by other code: core/train.py" in out
+    assert f"  {w3[0].label} (key {w3[0].key}) cached, made by other code: core/specscale/train/train.py" in out
     print_why(plan, store, {"train": today}, "recompute")
     out = capsys.readouterr().out.splitlines()
     i = out.index("[train] 2 to compute")
     assert out[i + 1:i + 3] == [f"  {w3[0].label} (key {w3[0].key})",
-                                "    made by other code, recomputed: core/train.py"]
+                                "    made by other code, recomputed: core/specscale/train/train.py"]
     print_status(plan, store, {"train": today}, "warn")
     out = capsys.readouterr().out.splitlines()
     i = out.index("train: 6 cached")
-    assert out[i + 1] == "  2 cached made by other code (reused: cache.on_code_change is warn): core/train.py"
-    assert out[i + 2].split() == ["other", "code", *w3[0].label.split(), w3[0].key, "core/train.py"]
+    assert out[i + 1] == "  2 cached made by other code (reused: cache.on_code_change is warn): core/specscale/train/train.py"
+    assert out[i + 2].split() == ["other", "code", *w3[0].label.split(), w3[0].key, "core/specscale/train/train.py"]
 
 
 def test_fit_flags_a_group_whose_widths_were_made_by_different_code(tmp_path: Path) -> None:
     plan, store = _study(tmp_path)
-    code = {"core/train.py": "1", "core/spectra.py": "1"}
+    code = {"core/specscale/train/train.py": "1", "core/specscale/measure/metrics.py": "1"}
     for train, acts, spectra in zip(plan.train, plan.activations, plan.spectra):
         odd = train.point.optimizer == "muon" and train.point.width == 2
-        _finish(store, train, {**code, "core/train.py": "2"} if odd else code)
+        _finish(store, train, {**code, "core/specscale/train/train.py": "2"} if odd else code)
         _finish(store, acts, code)
         _finish(store, spectra, None if odd else code)
     mixed = mixed_groups(plan, store)
     groups = {r.point.optimizer: stable_hash(r.point.group_spec()) for r in plan.train}
     assert mixed.loc[groups["adamw"]].to_dict() == {"mixed_code": "", "mixed_spec": ""}
-    assert mixed.loc[groups["muon"]].to_dict() == {"mixed_code": f"train: core/train.py; spectra: {NOT_RECORDED}",
+    assert mixed.loc[groups["muon"]].to_dict() == {"mixed_code": f"train: core/specscale/train/train.py; spectra: {NOT_RECORDED}",
                                                   "mixed_spec": ""}
     # a run whose recorded spec differs in a hashed field other than the width
     adamw3 = [r for r in plan.train if r.point.optimizer == "adamw" and r.point.width == 3][0]

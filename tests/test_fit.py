@@ -1,4 +1,4 @@
-"""Scaling-law fits (specscale.fit): the paper's table, hand-computed fits, aggregation, intervals."""
+"""Scaling-law fits (specscale.fit.laws): the paper's table, hand-computed fits, aggregation, intervals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specscale.fit import (
+from specscale.fit.laws import (
     DELTA_METRIC,
     PAPER_BETA_TABLE,
     PAPER_RANK_POINTS,

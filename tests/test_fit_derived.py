@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 
 from helpers import make_project
-from specscale.compare import renyi_table
-from specscale.fit_study import aggregate
-from specscale.report_tables import tii_summary
-from specscale.spec import SpecError, load_study
+from specscale.compare.comparisons import renyi_table
+from specscale.fit.fit import aggregate, long_ranks, metric_columns
+from specscale.measure.registry import SPECTRUM_COLUMNS
+from specscale.store.runs import RunStore
+from specscale.report.tables import tii_summary
+from specscale.study.spec import SpecError, load_study
 
 # Hard rank (post site) per (step, layer): (HEAD, TAIL).
 #   step 0:  L0 (2, 2)  L1 (2, 3)    TII = mean(0, 1) = 0.5
@@ -112,3 +114,23 @@ def test_tii_summary_table() -> None:
     table = tii_summary(ranks)
     assert table.to_dict("records") == [{"group": "muon", "phase": "trained", "2×": 2.5},
                                         {"group": "muon", "phase": "step0", "2×": 0.5}]
+
+
+def test_the_fit_reads_ranks_csv_columns_through_the_metric_registry(tmp_path: Path) -> None:
+    row = dict(step=10, layer=0, site="post", bucket="HEAD", N=64, D=16, N_over_D=4.0, noise_floor=1e-9, entropy=1.5,
+               renyi_0=16.0, renyi_2=3.0, soft_rank=4.0, hard_rank=3.0)
+    assert metric_columns(["run", *row]) == ["entropy", "renyi_0", "renyi_2", "soft_rank", "hard_rank"]
+    assert metric_columns(SPECTRUM_COLUMNS) == []
+    store = RunStore(tmp_path)
+    runs = pd.DataFrame([{"run": "r1", "spectra_key": "s1", "measured": True}])
+    store.final_dir("spectra", "s1").mkdir(parents=True)
+    pd.DataFrame([row]).to_csv(store.final_dir("spectra", "s1") / "ranks.csv", index=False)
+    long = long_ranks(runs, store)
+    assert list(long["metric"]) == ["entropy", "renyi_0", "renyi_2", "soft_rank", "hard_rank"]
+    assert list(long["value"]) == [1.5, 16.0, 3.0, 4.0, 3.0] and "noise_floor" not in long
+    # a metric column the registry does not know fails, naming it, instead of vanishing from every table
+    pd.DataFrame([{**row, "stable_rank": 2.0}]).to_csv(store.final_dir("spectra", "s1") / "ranks.csv", index=False)
+    with pytest.raises(ValueError, match="stable_rank"):
+        long_ranks(runs, store)
+    with pytest.raises(ValueError, match="renyi_0.50"):
+        metric_columns(["step", "renyi_0.50"])

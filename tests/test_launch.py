@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from specscale.cache import PROVENANCE_FILE, SUCCESS, RunStore, read_json
-from specscale.launch import Launcher, Task, make_executor, run_task
-from specscale.spec import LauncherSpec
+from specscale.store.runs import PROVENANCE_FILE, SUCCESS, RunStore, read_json
+from specscale.launch.launcher import Launcher, Task, make_executor, run_task
+from specscale.study.spec import LauncherSpec
 
 FAKE_STAGE = '''
 import importlib

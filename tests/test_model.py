@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specscale.model import GPT, ModelShape, Rotary, flops_per_token, init_linear_, probe_forward_flops, rms_norm
+from specscale.model.gpt import GPT, ModelShape, Rotary, flops_per_token, init_linear_, probe_forward_flops, rms_norm
 from tolerances import eps, rounding_tol
 
 F32 = torch.float32

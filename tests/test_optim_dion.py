@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from specscale.optim import Dion, dion_rank, initial_q
+from specscale.optim.dion import Dion, dion_rank, initial_q
 from tolerances import dion_tol, rounding_tol
 
 LR, MU, WD = 0.1, 0.9, 0.05

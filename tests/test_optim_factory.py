@@ -11,19 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from specscale.optim import (
-    CombinedOptimizer,
-    Dion,
-    Lion,
-    Muon,
-    NorMuon,
-    build_optimizer,
-    complete_hparams,
-    default_hparams,
-    orthogonalize,
-    parse_optimizer_name,
-    roles_from_names,
-)
+from specscale.optim.combined import CombinedOptimizer
+from specscale.optim.dion import Dion
+from specscale.optim.lion import Lion
+from specscale.optim.muon import Muon
+from specscale.optim.normuon import NorMuon
+from specscale.optim import factory
+from specscale.optim.factory import build_optimizer, complete_hparams, roles_from_names
+from specscale.optim.defaults import default_hparams, parse_optimizer_name, resolve_lr_ties
+from specscale.optim.newton_schulz import orthogonalize
 
 VOCAB, D, HIDDEN, LAYERS = 32, 8, 16, 2
 ALL_NAMES = ["adamw", "muon", "normuon", "dion_1_2", "dion_1_16"]
@@ -220,6 +216,22 @@ def test_hparam_errors() -> None:
         build_optimizer({**roles, "other": roles["other"] + roles["head"]}, "muon", {}, D)
     with pytest.raises(ValueError, match="only optimizes 2-D"):
         build_optimizer({"matrix": roles["other"]}, "muon", {}, D)
+
+
+def test_a_name_the_factory_cannot_build_fails_instead_of_training_normuon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An optimizer that defaults.py names (faked here: 'sgdx', with NorMuon's hyperparameters) but the factory has
+    no construction for fails, naming it and the known ones; it used to train silently with NorMuon."""
+    as_normuon = lambda name: "normuon" if name == "sgdx" else name
+    monkeypatch.setattr(factory, "parse_optimizer_name",
+                        lambda name: ("sgdx", None) if name == "sgdx" else parse_optimizer_name(name))
+    monkeypatch.setattr(factory, "complete_hparams", lambda name, hp: complete_hparams(as_normuon(name), hp))
+    monkeypatch.setattr(factory, "resolve_lr_ties", lambda name, hp, d: resolve_lr_ties(as_normuon(name), hp, d))
+    with pytest.raises(ValueError, match=r"optimizer 'sgdx' has no construction.*known: adamw, dion, muon, normuon"):
+        _build(_model(), "sgdx")
+    roles = roles_from_names(_model().named_parameters())
+    with pytest.raises(ValueError, match="'sgdx'"):  # also without block matrices: the name is wrong either way
+        build_optimizer({**roles, "matrix": []}, "sgdx", {}, D)
+    assert isinstance(_build(_model(), "normuon").optimizers["normuon"], NorMuon)  # the others still build
 
 
 # --- routing ------------------------------------------------------------------------------------------------------

@@ -12,7 +12,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from specscale.optim import Dion, Lion, Muon, NorMuon, initial_q, orthogonalize, shape_scale
+from specscale.optim.dion import Dion, initial_q
+from specscale.optim.lion import Lion
+from specscale.optim.muon import Muon
+from specscale.optim.normuon import NorMuon
+from specscale.optim.newton_schulz import orthogonalize
+from specscale.optim.matrix_base import shape_scale
 from tolerances import dion_tol, ns_tol, rounding_tol
 
 LR, MU, WD = 0.1, 0.9, 0.05

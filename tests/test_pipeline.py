@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from smoke_project import finished as _finished
-from smoke_project import make_project, run as _run, write_params as _write_params
+from helpers import finished as _finished
+from helpers import make_smoke_project, run as _run, write_params as _write_params
 
 PARAMS = {
     "preset": "smoke",
@@ -23,7 +23,7 @@ PARAMS = {
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("smoke"), PARAMS)
+    root = make_smoke_project(tmp_path_factory.mktemp("smoke"), PARAMS)
     first = _run(["dvc", "repro"], root, check=False)
     (root / "first_repro.log").write_text(first.stdout + first.stderr)
     return root
@@ -114,9 +114,9 @@ def test_corrupt_activation_chunk_is_detected_and_regenerated(project: Path) -> 
     import numpy as np
     import xarray as xr
 
-    from specscale.cache import RunStore
-    from specscale.probe import ensure_slice
-    from specscale.train import resolve_device
+    from specscale.store.runs import RunStore
+    from specscale.measure.activations import ensure_slice
+    from specscale.model.build import resolve_device
 
     key = sorted(_finished(project, "spectra"))[-1]
     spectra_dir = project / "runs/spectra" / key

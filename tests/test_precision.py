@@ -13,13 +13,19 @@ import zarr
 from torch import nn
 
 from helpers import make_project
-from specscale.covariance import CovarianceAccumulator, eigenvalues
-from specscale.measure import measure_store
-from specscale.optim import Dion, Muon, NorMuon, build_optimizer, default_hparams, orthogonalize, roles_from_names
-from specscale.probe import array_name
-from specscale.spec import load_study
-from specscale.spectra import STORAGE_EPS, all_metrics, storage_noise_floor
-from specscale.sweep import expand_sweep
+from specscale.measure.covariance import CovarianceAccumulator, eigenvalues
+from specscale.measure.spectra import measure_store
+from specscale.measure.registry import SPECTRUM_COLUMNS, metric_names
+from specscale.optim.dion import Dion
+from specscale.optim.muon import Muon
+from specscale.optim.normuon import NorMuon
+from specscale.optim.factory import build_optimizer, roles_from_names
+from specscale.optim.defaults import default_hparams
+from specscale.optim.newton_schulz import orthogonalize
+from specscale.measure.activations import array_name
+from specscale.study.spec import load_study
+from specscale.measure.metrics import STORAGE_EPS, all_metrics, storage_noise_floor
+from specscale.study.sweep import expand_sweep
 from tolerances import eps, rounding_tol
 
 F32, BF16 = torch.float32, torch.bfloat16
@@ -190,7 +196,7 @@ def _stored(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _spectrum(x: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
-    """Eigenvalues of the stored rows' covariance and their noise floor, as core/measure.py computes them."""
+    """Eigenvalues of the stored rows' covariance and their noise floor, as core/specscale/measure/spectra.py computes them."""
     acc = CovarianceAccumulator(D)
     acc.update(x)
     cov = acc.covariance()
@@ -238,7 +244,7 @@ def test_storage_noise_floor_closed_form_and_errors() -> None:
 
 
 def _store(tmp_path: Path, x: np.ndarray, dtype: str, compute_dtype: str | None) -> tuple[zarr.Group, dict]:
-    """A one-array activation store and its manifest, as core/probe.py writes them."""
+    """A one-array activation store and its manifest, as core/specscale/measure/activations.py writes them."""
     root = zarr.open_group(str(tmp_path / f"acts_{dtype}_{compute_dtype}.zarr"), mode="w")
     arr = root.create_array(array_name(0, 0, "pre", "GLOBAL"), shape=x.shape, dtype=dtype, chunks=(1024, D),
                             attributes={"N": N, "D": D})
@@ -255,6 +261,7 @@ def test_measure_store_takes_the_floor_from_the_manifest(tmp_path: Path) -> None
     cpu = torch.device("cpu")
     _, fp32 = measure_store(*_store(tmp_path, x, "float32", None), alphas, cpu)
     _, fp16 = measure_store(*_store(tmp_path, x, "float16", None), alphas, cpu)
+    assert list(fp32.columns) == [*SPECTRUM_COLUMNS, *metric_names(alphas)]  # ranks.csv: what the fit reads
     assert fp32["renyi_0"].item() == fp16["renyi_0"].item() == pytest.approx(RANK, rel=R0_RTOL)
     assert fp16["noise_floor"].item() > fp32["noise_floor"].item() > 0
     # bf16 values (a bf16 forward under autocast) stored as float32: only the recorded compute dtype reveals them.

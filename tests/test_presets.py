@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from helpers import make_project
-from specscale.optim import build_optimizer, roles_from_names
-from specscale.spec import load_study, to_container
-from specscale.stages.runner import plan_study
-from specscale.sweep import expand_sweep
-from specscale.train import kept_checkpoints, logged_steps, model_shape
+from specscale.optim.factory import build_optimizer, roles_from_names
+from specscale.study.spec import load_study, to_container
+from stages.runner import plan_study
+from specscale.study.sweep import expand_sweep
+from specscale.model.build import kept_checkpoints, logged_steps, model_shape
 
 # --- the paper's values --------------------------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smoke_project import finished, make_project, run, smoke_params
-from specscale.buckets import BUCKET_NAMES, POOLED, batch_probe_set
+from helpers import finished, make_project, make_smoke_project, run, smoke_params
+from specscale.tokens.buckets import batch_probe_set
+from specscale.tokens.sets import BUCKET_NAMES, POOLED
 
 
 def test_batch_sets_are_the_hand_selected_positions_of_the_batch() -> None:
@@ -45,22 +46,20 @@ def test_rank_share_must_be_whole_windows_within_the_batch(share: int) -> None:
 
 @pytest.mark.parametrize("share", [100, 1024, -64])
 def test_spec_rejects_a_rank_share_that_is_not_whole_windows_of_one_batch(tmp_path: Path, share: int) -> None:
-    import helpers
-    from specscale.spec import SpecError, load_study
+    from specscale.study.spec import SpecError, load_study
 
     # smoke: batch 8 windows of 64 tokens = 512 tokens
-    params = helpers.make_project(tmp_path, f"preset: smoke\nprobe: {{source: train_batch, rank_share_tokens: {share}}}\n")
+    params = make_project(tmp_path, f"preset: smoke\nprobe: {{source: train_batch, rank_share_tokens: {share}}}\n")
     with pytest.raises(SpecError, match="key 'probe.rank_share_tokens'"):
         load_study(params)
 
 
 def test_paper_presets_measure_the_training_batch(tmp_path: Path) -> None:
-    import helpers
-    from specscale.plan import probe_spec
-    from specscale.spec import load_study
+    from specscale.study.plan import probe_spec
+    from specscale.study.spec import load_study
 
     for preset, share in (("gpt2-160m", 131072), ("gpt2-350m", 65536)):
-        study = load_study(helpers.make_project(tmp_path / preset, f"preset: {preset}\n"))
+        study = load_study(make_project(tmp_path / preset, f"preset: {preset}\n"))
         assert probe_spec(study) | {} == {"sites": ["pre", "post"], "dtype": "float16", "chunk_tokens": 8192,
                                           "source": "train_batch", "rank_share_tokens": share,
                                           "min_bucket_tokens": 1000}
@@ -74,7 +73,7 @@ SHARE = 128  # 2 of the smoke batch's 8 windows of 64 tokens
 def project(tmp_path_factory) -> Path:
     params = smoke_params(widths=[1, 2], probe={"source": "train_batch", "rank_share_tokens": SHARE,
                                                 "min_bucket_tokens": 8, "keep_activations": "all"})
-    root = make_project(tmp_path_factory.mktemp("probe_source"), params)
+    root = make_smoke_project(tmp_path_factory.mktemp("probe_source"), params)
     out = run(["dvc", "repro"], root, check=False)
     (root / "repro.log").write_text(out.stdout + out.stderr)
     return root
@@ -82,7 +81,7 @@ def project(tmp_path_factory) -> Path:
 
 def _step_batch(project: Path, train_key: str, step: int) -> np.ndarray:
     """Inputs of training step `step`, picked from the token file by hand from the training sampler's window ids."""
-    from specscale.shards import TokenWindows, open_tokens
+    from specscale.tokens.shards import TokenWindows, open_tokens
 
     spec = json.loads((project / "runs/train" / train_key / "spec.json").read_text())
     tokens_dir = project / "runs/tokenize" / spec["inputs"]["tokenize"]
@@ -98,7 +97,7 @@ def test_train_batch_end_to_end(project: Path) -> None:
     import xarray as xr
     import zarr
 
-    from specscale.train import build_model, checkpoint_path
+    from specscale.model.build import build_model, checkpoint_path
     from tolerances import rounding_tol
 
     log = (project / "repro.log").read_text()

@@ -27,7 +27,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from smoke_project import du, finished, git_commit, listing, make_project, run, smoke_params, write_params
+from helpers import (du, file_listing, finished, free_port, git_commit, make_smoke_project, run, smoke_params,
+                     write_params)
 
 pytestmark = pytest.mark.slow
 
@@ -67,19 +68,13 @@ class Remote:
         return run(["dvc", *args], project, check=check, env={**self.env, **env})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def moto_server(require_auth: bool = False) -> Iterator[str]:
     """moto's S3 on 127.0.0.1 with the test bucket; with `require_auth`, every request after the bucket's creation
     must carry credentials of an IAM user (there are none, so every key is wrong)."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "1"} if require_auth else {})}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -126,7 +121,7 @@ def remote(request, tmp_path_factory) -> Iterator[Remote]:
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory) -> Path:
     """A's project: reproduced once, dvc.lock committed. Shared by both remotes (a remote is only config)."""
-    root = make_project(tmp_path_factory.mktemp("a") / "project", smoke_params())
+    root = make_smoke_project(tmp_path_factory.mktemp("a") / "project", smoke_params())
     started = time.time()
     run(["dvc", "repro"], root)
     print(f"\nA's first repro: {time.time() - started:.0f}s")
@@ -153,7 +148,7 @@ def _clone(origin: Path, dest: Path, remote: Remote) -> Path:
 
 def _contents(project: Path) -> dict[str, int]:
     """Every file of every run with its size (mtimes differ between machines)."""
-    return {name: size for name, (size, _) in listing(project / "runs").items() if not name.startswith(".")}
+    return {name: size for name, (size, _) in file_listing(project / "runs").items() if not name.startswith(".")}
 
 
 def test_fresh_clone_pulls_everything_and_computes_nothing(origin: Path, pushed: Remote, tmp_path: Path) -> None:
@@ -202,7 +197,7 @@ def _bad_remotes(remote: Remote, tmp_path: Path) -> Iterator[tuple[str, Remote]]
         yield "unreachable", Remote("local", str(blocker / "store"))
     else:
         # one attempt instead of botocore's retries with back-off (≈ 30 s per command): same error, sooner
-        yield "unreachable", Remote("s3", remote.url, f"http://127.0.0.1:{_free_port()}",
+        yield "unreachable", Remote("s3", remote.url, f"http://127.0.0.1:{free_port()}",
                                     {**S3_ENV, "AWS_MAX_ATTEMPTS": "1"})
         with moto_server(require_auth=True) as endpoint:
             yield "wrong credentials", Remote("s3", remote.url, endpoint, dict(S3_ENV))
@@ -213,7 +208,7 @@ def test_unreachable_remote_or_wrong_credentials_fail_clearly_and_lose_nothing(
     b = _clone(origin, tmp_path / "b", pushed)
     pushed.dvc(["pull"], b)
     write_params(b, smoke_params(widths=[1, 2, 3, 4]))  # a local edit that must survive too
-    before = listing(b / "runs"), (b / "params.yaml").read_text()
+    before = file_listing(b / "runs"), (b / "params.yaml").read_text()
     for what, bad in _bad_remotes(pushed, tmp_path):
         # B pushes to the broken remote: a clear error, B's runs and edits as they were
         bad.add(b, "store", local=True)
@@ -223,7 +218,7 @@ def test_unreachable_remote_or_wrong_credentials_fail_clearly_and_lose_nothing(
               f"{push.stderr.strip().splitlines()[0][:200]}")
         assert push.returncode != 0 and "ERROR" in push.stderr
         assert any(word in push.stderr for word in REASONS), push.stderr
-        assert (listing(b / "runs"), (b / "params.yaml").read_text()) == before
+        assert (file_listing(b / "runs"), (b / "params.yaml").read_text()) == before
         # E clones with the broken remote: pull fails clearly, and `dvc repro` stops at the first stage with the
         # reason instead of silently recomputing everything
         e = _clone(origin, tmp_path / f"e-{what.replace(' ', '-')}", pushed)

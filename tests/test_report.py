@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specscale.cache import RunStore, stable_hash
-from specscale.spectra import hard_rank, renyi_rank, soft_rank
+from specscale.store.runs import RunStore, stable_hash
+from specscale.measure.metrics import hard_rank, renyi_rank, soft_rank
 
 D_MODEL, LAYERS, STEPS, ALPHAS = 16, 2, (0, 30, 40), (0.0, 0.5, 1.0, 2.0, float("inf"))
 BUCKETS = {"HEAD": 0.15, "MID": 0.05, "TAIL": 0.0, "GLOBAL": 0.02}  # decay offsets: HEAD concentrates most
@@ -50,7 +50,7 @@ def make_results(root: Path) -> Path:
     """A project at root with runs/spectra/<key>/{ranks.csv, spectra.zarr} and results/*.csv; returns results/."""
     import xarray as xr
 
-    from specscale import fit_study as fit_stage
+    from specscale.fit import fit as fit_stage
 
     runs = []
     for arm in _arms():
@@ -127,8 +127,8 @@ CONTEXT = {"preset": "synthetic", "reference_optimizer": "adamw",
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """Synthetic results → compare stage → report; returns the project root."""
-    from specscale.compare_outputs import write_compare
-    from specscale.report import build_report
+    from specscale.compare.compare import write_compare
+    from specscale.report.report import build_report
 
     root = tmp_path_factory.mktemp("proj")
     results = make_results(root)
@@ -169,7 +169,7 @@ def test_report_shows_perplexity_over_training(built: Path) -> None:
 
 
 def test_report_has_every_figure_offline(built: Path) -> None:
-    from specscale.report_sections import FIGURES
+    from specscale.report.sections import FIGURES
 
     report = built / "report"
     html = (report / "index.html").read_text()
@@ -187,8 +187,8 @@ def test_report_says_what_is_missing(built: Path, tmp_path: Path) -> None:
     """One optimizer, no ablation, no seeds file, no spectra: every section still renders or says why not."""
     import shutil
 
-    from specscale.compare_outputs import write_compare
-    from specscale.report import build_report
+    from specscale.compare.compare import write_compare
+    from specscale.report.report import build_report
 
     results = tmp_path / "results"
     shutil.copytree(built / "results", results, ignore=shutil.ignore_patterns("compare*"))

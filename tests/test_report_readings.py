@@ -1,4 +1,4 @@
-"""The report's readings (specscale.readings): on small hand-made tables each reading line is exactly the expected
+"""The report's readings (specscale.report.readings.primitives): on small hand-made tables each reading line is exactly the expected
 sentence; and on two synthetic studies with opposite outcomes (trained β above vs below its step-0 β) the report's
 sentences say opposite things, so no sentence beside a table is fixed text."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from specscale import readings as rd
-from specscale import readings_comparisons as rc
-from specscale import readings_fits as rf
+from specscale.report.readings import primitives as rd
+from specscale.report.readings import comparisons as rc
+from specscale.report.readings import fits as rf
 
 WIDTHS = (1, 2, 4)
 
@@ -173,9 +173,9 @@ def _paragraphs(root: Path, monkeypatch: pytest.MonkeyPatch, step0_decay: float 
     through the compare stage; every section's paragraphs and table captions by section key."""
     import test_report as tr
 
-    from specscale.compare_outputs import write_compare
-    from specscale.report import load_inputs
-    from specscale.report_sections import SECTIONS
+    from specscale.compare.compare import write_compare
+    from specscale.report.report import load_inputs
+    from specscale.report.sections import SECTIONS
 
     if step0_decay is not None:
         decay = tr._decay

@@ -1,4 +1,4 @@
-"""β over training and across seeds (core/seed_stats.py) on synthetic cases whose answer is known: ranks built as
+"""β over training and across seeds (core/specscale/fit/seed_stats.py) on synthetic cases whose answer is known: ranks built as
 c·D^β with a chosen β per step, and seed samples whose t-intervals scipy computes independently."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from specscale.fit_study import fit_seeds
-from specscale.seed_stats import betas_per_step, gap_interval, optimizer_gaps, seed_means
+from specscale.fit.fit import fit_seeds
+from specscale.fit.seed_stats import betas_per_step, gap_interval, optimizer_gaps, seed_means
 from tolerances import rounding_tol
 
 F64 = np.float64

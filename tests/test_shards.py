@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from specscale.shards import (
+from specscale.tokens.shards import (
     HEADER_BYTES,
     MAGIC,
     ConcatTokens,

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from smoke_project import finished, listing, make_project, provenance, run, smoke_params, write_params
-from specscale.launch import RunTask, make_executor
-from specscale.spec import LauncherSpec, SpecError
-from specscale.stages.table import BY_NAME
+from helpers import file_listing, finished, make_smoke_project, provenance, run, smoke_params, write_params
+from specscale.launch.launcher import RunTask, make_executor
+from specscale.study.spec import LauncherSpec, SpecError
+from stages.table import BY_NAME
 
 LAUNCHER = {"cluster": "slurm", "partition": "debug", "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10,
             "poll_seconds": 1, "array_parallelism": 4}
@@ -100,7 +100,7 @@ def slurm_project(tmp_path_factory) -> Path:
     reason = _slurm_unavailable()
     if reason:
         pytest.skip(reason)
-    root = make_project(tmp_path_factory.mktemp("slurm"), smoke_params(launcher=LAUNCHER, train=TRAIN))
+    root = make_smoke_project(tmp_path_factory.mktemp("slurm"), smoke_params(launcher=LAUNCHER, train=TRAIN))
     started = time.time()
     first = run(["dvc", "repro"], root, check=False, timeout=600)
     (root / "first_repro.log").write_text(first.stdout + first.stderr)
@@ -167,7 +167,7 @@ def _wait(condition, timeout_s: float, what: str, proc: subprocess.Popen | None 
 @pytest.mark.slurm
 def test_preempted_job_resumes_and_cancelled_job_fails_alone(slurm_project: Path) -> None:
     project = slurm_project
-    before = {key: listing(project / "runs/train" / key) for key in finished(project, "train")}
+    before = {key: file_listing(project / "runs/train" / key) for key in finished(project, "train")}
     old_keys = set(before)
     params = smoke_params(launcher=LAUNCHER, train=TRAIN)
     params["ablations"] = {"long": {"vary": {"train.steps": [LONG_STEPS]}, "widths": [1, 2]}}
@@ -206,7 +206,7 @@ def test_preempted_job_resumes_and_cancelled_job_fails_alone(slurm_project: Path
     assert "Caught signal SIGUSR2" in p_err.read_text(), p_err.read_text()[-2000:]
     assert p_out.read_text().count(f"Starting with JobEnvironment(job_id={p_rec['job_id']},") == 2, "same job id"
     assert cancelled not in finished(project, "train")
-    assert {key: listing(project / "runs/train" / key) for key in old_keys} == before
+    assert {key: file_listing(project / "runs/train" / key) for key in old_keys} == before
     status = run(["specscale", "status"], project).stdout
     assert "failed" in status and f"{c_rec['job_id']}_0_log.err" in status, status
     # the rerun submits only the cancelled run, which resumes where it was killed

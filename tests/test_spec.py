@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import listing, make_project
-from specscale.spec import LauncherSpec, SpecError, load_study
-from specscale.sweep import expand_sweep
+from specscale.study.spec import LauncherSpec, SpecError, load_study
+from specscale.study.sweep import expand_sweep
 
 # --- merge ---------------------------------------------------------------------------------------------------------
 
@@ -22,7 +22,7 @@ def test_preset_then_params_then_defaults(tmp_path: Path) -> None:
                                     "sweep: {widths: [5]}\nlauncher: {max_parallel: 3}\n")
     import yaml
 
-    from specscale.spec import StudySpec
+    from specscale.study.spec import StudySpec
 
     smoke = yaml.safe_load((tmp_path / "specs" / "smoke.yaml").read_text())
     defaults = OmegaConf.structured(StudySpec)
@@ -215,7 +215,7 @@ def test_launcher_spec_is_structured() -> None:
 
 
 def _cli(cwd: Path, *args: str, entry: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [entry] if entry else [sys.executable, "-m", "specscale.stages.cli"]
+    cmd = [entry] if entry else [sys.executable, "-m", "stages.cli"]
     return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
                           env={**__import__("os").environ, "SPECSCALE_ROOT": str(cwd)})
 

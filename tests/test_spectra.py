@@ -1,4 +1,4 @@
-"""Effective-rank metrics against closed forms (specscale.spectra, docs/science.md §5)."""
+"""Effective-rank metrics against closed forms (specscale.measure.metrics, docs/science.md §5)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from specscale import spectra
-from specscale.spectra import (
+from specscale.measure import metrics as spectra
+from specscale.measure.metrics import (
     DEFAULT_ALPHAS,
     METRICS,
     hard_rank,
@@ -18,6 +18,15 @@ from specscale.spectra import (
     soft_rank,
     spectral_entropy,
     tail_integrity_index,
+)
+from specscale.measure.registry import (
+    FIT_METRICS,
+    REGISTRY,
+    display_name,
+    lookup,
+    metric_names,
+    renyi_metric_name,
+    renyi_order,
 )
 from tolerances import rounding_tol
 
@@ -203,7 +212,7 @@ def test_metrics_mapping_names_and_functions() -> None:
     assert METRICS["soft_rank"] is soft_rank
     assert METRICS["hard_rank"] is hard_rank
     for a in DEFAULT_ALPHAS:
-        assert METRICS[spectra.renyi_metric_name(a)](eigs) == renyi_rank(eigs, a)
+        assert METRICS[renyi_metric_name(a)](eigs) == renyi_rank(eigs, a)
     assert {"renyi_0", "renyi_0.5", "renyi_1", "renyi_2", "renyi_5", "renyi_inf"} <= set(METRICS)
     # all_metrics runs the same code on the same ln p as the single metrics: equal up to a rounding or two, and
     # 1e-14 (≈ 45 eps) is 20× that
@@ -212,6 +221,27 @@ def test_metrics_mapping_names_and_functions() -> None:
     assert everything["entropy"] == pytest.approx(spectral_entropy(eigs), rel=1e-14)
     for name, fn in METRICS.items():
         assert everything[name] == pytest.approx(fn(eigs), rel=1e-14)
+
+
+@pytest.mark.parametrize("alphas", [DEFAULT_ALPHAS, (), (0.25, 3.0, 2.0, 0.25)])
+def test_all_metrics_gives_the_registry_names_in_its_order(alphas: tuple[float, ...]) -> None:
+    # the ranks.csv header the fit stage reads against the registry: the same names, in the same order
+    assert list(spectra.all_metrics([4.0, 2.0, 1.0, 1.0], alphas)) == metric_names(alphas)
+    assert metric_names(()) == ["entropy", "renyi_1", "renyi_2", "soft_rank", "hard_rank"]
+
+
+def test_registry_names_and_betas() -> None:
+    assert FIT_METRICS == ("soft_rank", "hard_rank")  # the two ranks every β is fitted for (R₁, R₂)
+    assert [display_name(m) for m in FIT_METRICS] == ["soft", "hard"]  # the labels the tables always printed
+    assert len({m.name for m in REGISTRY}) == len(REGISTRY)
+    for a in (0.0, 0.5, 1.0, 2.0, 20.0, math.inf):
+        assert renyi_order(renyi_metric_name(a)) == a and lookup(renyi_metric_name(a)).family
+    assert [renyi_metric_name(a) for a in (0.0, 0.5, math.inf)] == ["renyi_0", "renyi_0.5", "renyi_inf"]
+    # a Rényi name is one that renyi_metric_name makes: other spellings are no metric
+    for name in ("renyi_0.50", "renyi_x", "renyi_", "renyi_-1", "rho_0.5", "tii", "noise_floor"):
+        assert lookup(name) is None, name
+    with pytest.raises(ValueError, match="alpha"):
+        renyi_metric_name(-1.0)
 
 
 def test_reinjection_on_hand_example() -> None:

@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from helpers import REPO, make_project
-from specscale.spec import load_study
-from specscale.stages.runner import plan_study
+from specscale.study.spec import load_study
+from stages.runner import plan_study
 
 
 def _plan(tmp_path: Path, name: str):

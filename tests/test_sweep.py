@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, make_project
-from specscale.stages.runner import plan_study
-from specscale.cache import stable_hash
-from specscale.spec import SpecError, load_study
-from specscale.sweep import expand_sweep
+from stages.runner import plan_study
+from specscale.store.runs import stable_hash
+from specscale.study.spec import SpecError, load_study
+from specscale.study.sweep import expand_sweep
 
 # The smoke preset with its model and sweep spelt out, so that editing the preset does not move these tests.
 SMOKE = "preset: smoke\nmodel: {d_model: 32, n_heads: 2}\n"
@@ -92,7 +92,7 @@ def test_ablation_repeating_base_values_shares_runs(tmp_path: Path) -> None:
     assert all(r.spec["model"]["n_heads"] == 4 and r.varied == {} for r in shared)
     own = [r for r in runs if r.arms == ["heads"]]
     assert len(own) == 6 and all(r.spec["model"]["n_heads"] == 2 and r.varied == {"model.n_heads": 2} for r in own)
-    from specscale.cache import stable_hash
+    from specscale.store.runs import stable_hash
 
     assert len({stable_hash(r.spec) for r in runs}) == len(runs)
 
@@ -125,7 +125,7 @@ def test_seed_is_an_axis(tmp_path: Path) -> None:
     one = _runs(tmp_path / "a", SMOKE + SWEEP6)
     two = _runs(tmp_path / "b", SMOKE + SWEEP6.replace("seeds: [0]", "seeds: [0, 1]"))
     assert len(two) == 2 * len(one) == 12
-    from specscale.cache import stable_hash
+    from specscale.store.runs import stable_hash
 
     keys = {stable_hash(r.spec) for r in two}
     assert len(keys) == 12
@@ -147,7 +147,7 @@ def test_labels(tmp_path: Path) -> None:
 
 
 def test_run_spec_holds_every_hparam_and_no_speed_fields(tmp_path: Path) -> None:
-    from specscale.optim import default_hparams
+    from specscale.optim.defaults import default_hparams
 
     (run,) = _runs(tmp_path, ONE + "optim: {adamw: {lr: 0.01}}\n")
     assert set(run.spec) == {"data", "model", "train", "optim", "seed"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_project, write_tokens_dir
-from specscale.model import GPT
-from specscale.shards import TokenWindows, open_tokens
-from specscale.stages.runner import plan_study
-from specscale.spec import load_study
-from specscale.train import model_shape, train_run
+from helpers import free_port, make_project, write_tokens_dir
+from specscale.model.gpt import GPT
+from specscale.tokens.shards import TokenWindows, open_tokens
+from stages.runner import plan_study
+from specscale.study.spec import load_study
+from specscale.model.build import model_shape
+from specscale.train.train import train_run
 from tolerances import rounding_tol
 
 PARAMS = ("preset: smoke\nmodel: {d_model: 32, n_layers: 2, n_heads: 2}\n"
@@ -30,17 +30,11 @@ PARAMS = ("preset: smoke\nmodel: {d_model: 32, n_layers: 2, n_heads: 2}\n"
 CHILD = '''
 import json, sys
 from pathlib import Path
-from specscale.train import train_run
+from specscale.train.train import train_run
 spec = json.loads(Path(sys.argv[1]).read_text())
 out = train_run(spec, Path(sys.argv[2]), Path(sys.argv[3]), threads=1, resume_every=4)
 print("RESULT", json.dumps({k: out.get(k) for k in ("rank", "world_size", "val_loss")}), flush=True)
 '''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The two layouts differ only in the order the gradient is summed: single process, 4 micro-batches of 2 in turn;
@@ -85,7 +79,7 @@ def test_two_ranks_equal_one_process(tmp_path: Path, optimizer: str) -> None:
     multi.mkdir()
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),

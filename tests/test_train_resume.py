@@ -16,18 +16,10 @@ import pytest
 import torch
 
 from helpers import make_project, write_tokens_dir
-from specscale.stages.runner import plan_study
-from specscale.spec import load_study
-from specscale.train import (
-    RESUME_FILE,
-    Trainer,
-    build_model,
-    kept_checkpoints,
-    logged_steps,
-    lr_factor,
-    model_shape,
-    train_run,
-)
+from stages.runner import plan_study
+from specscale.study.spec import load_study
+from specscale.train.train import RESUME_FILE, Trainer, lr_factor, train_run
+from specscale.model.build import build_model, kept_checkpoints, logged_steps, model_shape
 
 VOCAB = 64
 # d_model 32, 2 layers, 40 steps of 8 × 64 tokens, log every 10, keep 2, resume every 10 (spelt out over smoke).
@@ -41,7 +33,7 @@ CHILD = '''
 import json, sys, time
 from pathlib import Path
 
-import specscale.train as tr
+import specscale.train.train as tr
 
 spec = json.loads(Path(sys.argv[1]).read_text())
 delay = float(sys.argv[4])
@@ -230,7 +222,7 @@ def test_early_stop_is_opt_in_and_named(setup, tmp_path: Path) -> None:
 
 
 def test_early_stop_ratio_is_validated(tmp_path: Path) -> None:
-    from specscale.spec import SpecError
+    from specscale.study.spec import SpecError
 
     for i, text in enumerate(("train: {early_stop_loss_ratio: 0.5}\n", "train: {divergence_ratio: 1.5}\n")):
         with pytest.raises(SpecError, match="early_stop_loss_ratio"):  # the old key: "did you mean ...?"
@@ -306,9 +298,9 @@ def test_vocab_is_padded() -> None:
 
 
 def test_train_stage_commits_without_resume_state(setup, tmp_path: Path) -> None:
-    from specscale.cache import PROVENANCE_FILE, RunStore, read_json
-    from specscale.launch import run_task
-    from specscale.stages.table import BY_NAME
+    from specscale.store.runs import PROVENANCE_FILE, RunStore, read_json
+    from specscale.launch.launcher import run_task
+    from stages.table import BY_NAME
 
     spec = dict(setup["spec"])
     spec["runtime"] = {"threads": 1, "resume_every": 10}
@@ -333,7 +325,7 @@ def test_train_stage_commits_without_resume_state(setup, tmp_path: Path) -> None
 def test_validation_at_every_kept_checkpoint(setup, tmp_path: Path) -> None:
     """train.checkpoint_val_tokens: a validation loss per kept checkpoint, the last one equal to result.json's (same
     tokens), and the training itself unchanged (checkpoints, log and result identical to the plain run)."""
-    from specscale.cache import VAL_LOG_FILE
+    from specscale.store.runs import VAL_LOG_FILE
 
     spec = json.loads(json.dumps(setup["spec"]))
     spec["train"]["checkpoint_val_tokens"] = spec["train"]["val_tokens"]

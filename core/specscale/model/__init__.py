@@ -1,0 +1,1 @@
+"""The GPT of the study, and what building and checkpointing one needs."""

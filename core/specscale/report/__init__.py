@@ -1,0 +1,1 @@
+"""The report: sections, tables, figures, the sentences computed from the numbers (readings/), the HTML."""

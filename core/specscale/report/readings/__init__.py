@@ -1,0 +1,1 @@
+"""Sentences of the report computed from the tables they describe: primitives, fit readings, comparison readings."""

@@ -1,0 +1,247 @@
+"""Content-hash run store: runs/<stage>/<key>/ is finished only when its _SUCCESS marker exists.
+
+Work happens in runs/.work/<stage>/<key>/ (outside the DVC output, same filesystem) and is renamed into place in one
+`os.rename`, so a killed job never leaves a half-run that looks finished, and a resumable job finds its partial state
+where it left it.
+
+Replacing a finished run (the `recompute` policy for runs made by other code, launch.py) never deletes the old run
+before the new one is finished: the new run is built in the work dir while the old one stays published, then the
+old run is moved aside to runs/.replaced/ and the new one renamed into place. A kill between those two renames
+leaves the finished new run in the work dir, which `recover` publishes on the next launch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from specscale.store.fingerprint import as_moved, code_diff
+from specscale.store.integrity import write_contents
+
+# The names of the files and folders of runs/, each spelled here only (on-disk names: changing one strands old runs).
+RUNS_DIR = "runs"  # under the project root
+SUCCESS = "_SUCCESS"
+SPEC_FILE = "spec.json"
+PROVENANCE_FILE = "provenance.json"
+RESULT_FILE = "result.json"  # a training run's validation loss and perplexity, diverged flag (train/train.py writes it)
+TRAIN_LOG_FILE = "log.jsonl"  # a training run's per-step log: loss, lr factor, tokens/s (read by tools/calibrate.py)
+VAL_LOG_FILE = "val_log.jsonl"  # a training run's validation loss at every kept checkpoint (train.checkpoint_val_tokens)
+ERROR_LOG = "error.log"  # in a failed run's work dir: the traceback (the launcher writes it, `status` points at it)
+WORK_DIR = ".work"  # runs/.work/<stage>/<key>/: work in progress
+REPLACED_DIR = ".replaced"  # runs/.replaced/<stage>/<key>/: a finished run being replaced (RunStore.commit)
+JOBS_DIR = ".jobs"  # runs/.jobs/<stage>.json: the launcher's job records
+SCRATCH_DIR = ".scratch"  # runs/.scratch/: activation slices while the spectra stage measures them
+SCRATCH_ENV = "SPECSCALE_SCRATCH"  # overrides runs/.scratch/ (e.g. node-local disk on a cluster)
+KEY_LENGTH = 16
+CODE_FIELD = "code_fingerprint"  # provenance: {file: sha256} of the code that made the run (fingerprint.py)
+RUN_ID_FIELD = "run_id"  # provenance: unique per commit, so a run made from a since-recomputed input can be told
+INPUT_RUNS_FIELD = "input_runs"  # provenance: {input stage: its run_id when this run was committed}
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON (sorted keys, no whitespace), shortened to KEY_LENGTH hex digits."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def run_key(stage: str, version: int, spec: dict[str, Any], inputs: dict[str, str]) -> str:
+    """A run's key: its stage, the stage's semantic version, the output-relevant spec and its inputs' keys."""
+    return stable_hash({"stage": stage, "version": version, "spec": spec, "inputs": inputs})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(project_root: Path, device: str, wall_time_s: float, extra: dict | None = None) -> dict[str, Any]:
+    """Code commit and dirty flag, package versions, host, device and wall time of one run. No environment
+    variable is recorded except SLURM's job ids, and no command line: both can carry credentials."""
+    commit = _git(["rev-parse", "HEAD"], project_root)
+    dirty = _git(["status", "--porcelain", "--untracked-files=no"], project_root)
+    packages = {}
+    for name in ("specscale", "torch", "numpy", "scipy", "zarr", "xarray", "tokenizers", "submitit", "dvc"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    info = {
+        "git_commit": commit,
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "packages": packages,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "device": device,
+        "wall_time_s": round(wall_time_s, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }
+    info.update(extra or {})
+    return info
+
+
+def scratch_root(project_root: Path) -> Path:
+    """Where the activation slices of every measurement live while being measured: $SPECSCALE_SCRATCH when set
+    (non-empty), else runs/.scratch/ (never a DVC output)."""
+    override = os.environ.get(SCRATCH_ENV)
+    return Path(override) if override else Path(project_root) / RUNS_DIR / SCRATCH_DIR
+
+
+class RunStore:
+    """Finished runs under runs/<stage>/<key>/, work in progress under runs/.work/<stage>/<key>/."""
+
+    def __init__(self, project_root: Path | str) -> None:
+        self.project_root = Path(project_root).resolve()
+        self.root = self.project_root / RUNS_DIR
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def final_dir(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def work_dir(self, stage: str, key: str) -> Path:
+        return self.work_stage_dir(stage) / key
+
+    def work_stage_dir(self, stage: str) -> Path:
+        """runs/.work/<stage>/: every run of `stage` in progress (or failed, with its ERROR_LOG)."""
+        return self.root / WORK_DIR / stage
+
+    def jobs_path(self, stage: str) -> Path:
+        """The launcher's job records of `stage` (runs/.jobs/<stage>.json)."""
+        return self.root / JOBS_DIR / f"{stage}.json"
+
+    def is_done(self, stage: str, key: str) -> bool:
+        return (self.final_dir(stage, key) / SUCCESS).exists()
+
+    def finished_keys(self, stage: str) -> set[str]:
+        stage_dir = self.stage_dir(stage)
+        if not stage_dir.is_dir():
+            return set()
+        return {p.name for p in stage_dir.iterdir() if (p / SUCCESS).exists()}
+
+    def begin(self, stage: str, key: str, spec: dict[str, Any]) -> Path:
+        """Create (or reuse, for resume) the work dir and write the spec the job will read."""
+        work = self.work_dir(stage, key)
+        work.mkdir(parents=True, exist_ok=True)
+        spec_path = work / SPEC_FILE
+        if spec_path.exists() and read_json(spec_path) != json.loads(json.dumps(spec, default=str)):
+            # A stale work dir with another spec under the same key cannot happen unless the code changed the
+            # hashing; start clean rather than resume from foreign state.
+            shutil.rmtree(work)
+            work.mkdir(parents=True)
+        write_json(spec_path, spec)
+        return work
+
+    def commit(self, stage: str, key: str, device: str, wall_time_s: float, extra: dict | None = None,
+               drop: Iterable[str] = (), code: Mapping[str, str] | None = None, replace: bool = False) -> Path:
+        """Write provenance and _SUCCESS into the work dir, then rename it into place (atomic on one filesystem).
+
+        `code`: the fingerprint of the code that ran ({file: sha256}, fingerprint.py), recorded beside the git
+        commit. `replace`: this run recomputes a finished run and takes its place (see the module docstring);
+        otherwise a finished run already in place wins and this work is discarded."""
+        work, final = self.work_dir(stage, key), self.final_dir(stage, key)
+        for name in drop:  # resume state and other scratch that must not be published
+            target = work / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        info = provenance(self.project_root, device, wall_time_s, extra)
+        spec = read_json(work / SPEC_FILE) if (work / SPEC_FILE).exists() else {}
+        inputs = spec.get("inputs") or {}
+        info.update({CODE_FIELD: dict(code) if code is not None else None, RUN_ID_FIELD: uuid.uuid4().hex,
+                     INPUT_RUNS_FIELD: {s: self.load_provenance(s, k).get(RUN_ID_FIELD) for s, k in inputs.items()}})
+        write_json(work / PROVENANCE_FILE, info)
+        write_contents(work)  # what the run holds, checked before it is reused (integrity.py)
+        (work / SUCCESS).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if (final / SUCCESS).exists():
+            if not replace:
+                shutil.rmtree(work)
+                return final
+            aside = self.replaced_dir(stage, key)
+            if aside.exists():
+                shutil.rmtree(aside)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(final, aside)  # from here until the next rename the run is missing, never half-finished
+            os.rename(work, final)
+            shutil.rmtree(aside)
+            return final
+        if final.exists():  # an unfinished leftover (no _SUCCESS): never read, safe to replace
+            shutil.rmtree(final)
+        os.rename(work, final)
+        return final
+
+    def replaced_dir(self, stage: str, key: str) -> Path:
+        """Where a finished run waits, during a replacement, between its two renames (outside the DVC outputs)."""
+        return self.root / REPLACED_DIR / stage / key
+
+    def recover(self, stage: str, key: str) -> bool:
+        """Publish a finished run that a commit killed between writing _SUCCESS and its rename left in the work dir
+        (for a replacement: after the old run was moved aside). True when it did."""
+        work, final = self.work_dir(stage, key), self.final_dir(stage, key)
+        if not (work / SUCCESS).exists() or (final / SUCCESS).exists():
+            return False
+        try:
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(work, final)
+        except FileNotFoundError:  # the job's own commit got there first
+            return False
+        shutil.rmtree(self.replaced_dir(stage, key), ignore_errors=True)
+        return True
+
+    def load_provenance(self, stage: str, key: str | None) -> dict[str, Any]:
+        """A finished run's provenance.json; {} when there is no such run."""
+        path = self.final_dir(stage, key) / PROVENANCE_FILE if key else None
+        return read_json(path) if path is not None and path.exists() else {}
+
+    def recorded_code(self, stage: str, key: str | None) -> dict[str, str] | None:
+        """The fingerprint of the code that made a finished run, in today's layout (fingerprint.as_moved); None when
+        the run recorded none (or does not exist)."""
+        return as_moved(self.load_provenance(stage, key).get(CODE_FIELD))
+
+    def changes(self, stage: str, key: str, code: Mapping[str, str] | None) -> list[str]:
+        """What differs between what made a finished run and today: the code files whose fingerprint changed
+        (fingerprint.code_diff; nothing is compared when `code` is None) and 'input <stage> recomputed' for each
+        input run replaced since this run was made. [] when nothing differs or nothing can be told."""
+        prov = self.load_provenance(stage, key)
+        out = code_diff(as_moved(prov.get(CODE_FIELD)), code) if code is not None else []
+        recorded = prov.get(INPUT_RUNS_FIELD) or {}
+        if recorded:
+            inputs = self.load_spec(stage, key).get("inputs") or {}
+            for input_stage, run_id in sorted(recorded.items()):
+                now = self.load_provenance(input_stage, inputs.get(input_stage)).get(RUN_ID_FIELD)
+                if run_id and now and run_id != now:
+                    out.append(f"input {input_stage} recomputed")
+        return out
+
+    def load_spec(self, stage: str, key: str) -> dict[str, Any]:
+        return read_json(self.final_dir(stage, key) / SPEC_FILE)

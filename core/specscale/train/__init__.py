@@ -1,0 +1,1 @@
+"""One training run (train) and its DDP helpers (distributed)."""
