@@ -5,8 +5,8 @@
 
 For every layer l it times, in the same run and best of R, one full forward and one forward through block l over the
 same N tokens, and prints the summed time over the L slices of a checkpoint for both, their ratio, and the ratio the
-FLOP count predicts (core/specscale/model/gpt.py: probe_forward_flops against the full forward with its head). Activations of
-the slices are bit-identical either way (tests/test_model.py); this measures only the time.
+FLOP count predicts (core/specscale/model/gpt.py: probe_forward_flops against the full forward with its head).
+Activations of the slices are bit-identical either way (tests/test_model.py); this measures only the time.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers import REPO, make_project, write_tokens_dir
-from specscale.store.runs import (CODE_FIELD, INPUT_RUNS_FIELD, PROVENANCE_FILE, RUN_ID_FIELD, SUCCESS, RunStore, read_json,
-                             stable_hash)
+from specscale.store.runs import (CODE_FIELD, INPUT_RUNS_FIELD, PROVENANCE_FILE, RUN_ID_FIELD, SUCCESS, RunStore,
+                                  read_json, stable_hash)
 from specscale.store.fingerprint import (MOVED_CODE_FILE, NOT_RECORDED, CodeRef, ModuleGraph, _moved_code, as_moved,
                                          code_diff, files_text, fingerprint_id, mixed_files)
 from specscale.fit.fit import mixed_groups
@@ -153,7 +153,8 @@ def test_the_real_stages_fingerprints() -> None:
     assert "core/specscale/measure/metrics.py" not in train and "stages/spectra.py" not in train
     assert train["core/specscale/train/train.py"] == _sha(REPO / "core/specscale/train/train.py")
     spectra = code["spectra"]
-    assert {"core/specscale/measure/metrics.py", "core/specscale/measure/activations.py", "stages/spectra.py"} <= set(spectra)
+    assert {"core/specscale/measure/metrics.py", "core/specscale/measure/activations.py",
+            "stages/spectra.py"} <= set(spectra)
     # a spectrum's code does not depend on how its model was trained (issue 19: ≤ 15 files, no optimizer, no trainer)
     assert len(spectra) <= 15, sorted(spectra)
     assert [f for f in spectra if "/optim/" in f or "/train/" in f] == []
@@ -391,7 +392,8 @@ def test_why_names_the_nearest_run_and_the_fields(tmp_path: Path, capsys) -> Non
 
 def test_why_and_status_name_runs_made_by_other_code(tmp_path: Path, capsys) -> None:
     plan, store = _study(tmp_path)
-    made, today = {"core/specscale/train/train.py": "old", "core/specscale/model/gpt.py": "same"}, {"core/specscale/train/train.py": "new", "core/specscale/model/gpt.py": "same"}
+    made = {"core/specscale/train/train.py": "old", "core/specscale/model/gpt.py": "same"}
+    today = {"core/specscale/train/train.py": "new", "core/specscale/model/gpt.py": "same"}
     for run in plan.train:
         _finish(store, run, made if run.point.width == 3 else today)
     w3 = [r for r in plan.train if r.point.width == 3]
@@ -407,7 +409,8 @@ def test_why_and_status_name_runs_made_by_other_code(tmp_path: Path, capsys) -> 
     print_status(plan, store, {"train": today}, "warn")
     out = capsys.readouterr().out.splitlines()
     i = out.index("train: 6 cached")
-    assert out[i + 1] == "  2 cached made by other code (reused: cache.on_code_change is warn): core/specscale/train/train.py"
+    assert out[i + 1] == ("  2 cached made by other code (reused: cache.on_code_change is warn): "
+                          "core/specscale/train/train.py")
     assert out[i + 2].split() == ["other", "code", *w3[0].label.split(), w3[0].key, "core/specscale/train/train.py"]
 
 
@@ -422,8 +425,8 @@ def test_fit_flags_a_group_whose_widths_were_made_by_different_code(tmp_path: Pa
     mixed = mixed_groups(plan, store)
     groups = {r.point.optimizer: stable_hash(r.point.group_spec()) for r in plan.train}
     assert mixed.loc[groups["adamw"]].to_dict() == {"mixed_code": "", "mixed_spec": ""}
-    assert mixed.loc[groups["muon"]].to_dict() == {"mixed_code": f"train: core/specscale/train/train.py; spectra: {NOT_RECORDED}",
-                                                  "mixed_spec": ""}
+    assert mixed.loc[groups["muon"]].to_dict() == {
+        "mixed_code": f"train: core/specscale/train/train.py; spectra: {NOT_RECORDED}", "mixed_spec": ""}
     # a run whose recorded spec differs in a hashed field other than the width
     adamw3 = [r for r in plan.train if r.point.optimizer == "adamw" and r.point.width == 3][0]
     spec_path = store.final_dir("train", adamw3.key) / "spec.json"

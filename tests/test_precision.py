@@ -196,7 +196,8 @@ def _stored(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _spectrum(x: np.ndarray, dtype: str) -> tuple[np.ndarray, float]:
-    """Eigenvalues of the stored rows' covariance and their noise floor, as core/specscale/measure/spectra.py computes them."""
+    """Eigenvalues of the stored rows' covariance and their noise floor, as core/specscale/measure/spectra.py
+    computes them."""
     acc = CovarianceAccumulator(D)
     acc.update(x)
     cov = acc.covariance()

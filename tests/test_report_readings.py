@@ -1,5 +1,5 @@
-"""The report's readings (specscale.report.readings.primitives): on small hand-made tables each reading line is exactly the expected
-sentence; and on two synthetic studies with opposite outcomes (trained β above vs below its step-0 β) the report's
+"""The report's readings (specscale.report.readings.primitives): on small hand-made tables each reading line is
+exactly the expected sentence; and on two synthetic studies with opposite outcomes (trained β above vs below its step-0 β) the report's
 sentences say opposite things, so no sentence beside a table is fixed text."""
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from specscale.report.sections import FIGURES, SECTIONS
 
 LIBRARY = Path(__file__).resolve().parents[1] / "core/specscale"
 # The modules of the compare and report stages: every file of the two wings.
-MODULES = tuple(sorted(str(p.relative_to(LIBRARY)) for wing in ("compare", "report") for p in (LIBRARY / wing).rglob("*.py")))
+MODULES = tuple(sorted(str(p.relative_to(LIBRARY)) for wing in ("compare", "report")
+                       for p in (LIBRARY / wing).rglob("*.py")))
 
 
 def test_every_section_entry_is_complete() -> None:

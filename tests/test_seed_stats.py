@@ -1,5 +1,5 @@
-"""β over training and across seeds (core/specscale/fit/seed_stats.py) on synthetic cases whose answer is known: ranks built as
-c·D^β with a chosen β per step, and seed samples whose t-intervals scipy computes independently."""
+"""β over training and across seeds (core/specscale/fit/seed_stats.py) on synthetic cases whose answer is known:
+ranks built as c·D^β with a chosen β per step, and seed samples whose t-intervals scipy computes independently."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from specscale.fit.seed_stats import betas_per_step, optimizer_gaps, seed_means
 from specscale.measure.metrics import MIN_N_OVER_D, tail_integrity_index
 from specscale.measure.registry import (BETAS_TABLE, FIT_METRICS, RENYI_PREFIX, SPECTRUM_COLUMNS, display_name,
                                         is_renyi, shown_in, unknown_columns)
+from specscale.study.spec import RHO_AGGREGATIONS
 
 GROUP_KEYS = ["group", "phase", "bucket", "site", "metric"]  # one β per combination
 BETA_COLUMNS = [*GROUP_KEYS, "beta", "ci95_low", "ci95_high", "r2", "n_widths", "fitted", "reason", "intercept", "se",
@@ -101,8 +102,9 @@ WIDTH_FREE = {"train": ("runtime", "model.ffn_mult"), "spectra": ("runtime", "in
 
 def mixed_groups(plan: StudyPlan, store: RunStore) -> pd.DataFrame:
     """Per group (index) of measured runs fitted together: `mixed_code`, the files whose code fingerprint differs
-    across the group's widths, per stage ('train: core/specscale/train/train.py; spectra: core/specscale/measure/metrics.py'), and `mixed_spec`, the
-    spec fields other than the width that differ across them. '' where the group's runs agree."""
+    across the group's widths, per stage ('train: core/specscale/train/train.py; spectra:
+    core/specscale/measure/metrics.py'), and `mixed_spec`, the spec fields other than the width that differ across
+    them. '' where the group's runs agree."""
     members: dict[str, list[dict[str, str]]] = {}
     for run in zip(plan.train, plan.activations, plan.spectra):
         if store.is_done("spectra", run[2].key):  # only measured runs enter a fit
@@ -176,7 +178,6 @@ def aggregate(long: pd.DataFrame, last_k: int,
 # --- derived per-run quantities: rows of ranks.csv beside the measured metrics (docs/science.md §5) ----------------
 TII_METRIC, TII_BUCKET = "tii", "TAIL-HEAD"  # ranks.csv: metric "tii", bucket "TAIL-HEAD", site "post"
 RHO_SITE = "post/pre"  # ranks.csv: metric "rho_<α>" (from "renyi_<α>"), site "post/pre", per bucket
-RHO_AGGREGATIONS = ("layer_median", "median_ratio")  # fit.rho_aggregation
 _ROW_COLUMNS = ["run", "bucket", "site", "metric", "median", "sd", "n_layers", "N", "D", "N_over_D"]
 
 

@@ -23,9 +23,9 @@ import pandas as pd
 from scipy import stats
 from specscale.fit.laws import fit_points, seed_mean_interval
 from specscale.measure.registry import FIT_METRICS
+from specscale.study.spec import GAP_INTERVALS
 
 STEP_KEYS = ["group", "step", "bucket", "site", "metric"]  # one β per combination in betas_steps.csv
-GAP_INTERVALS = ("welch", "paired")  # fit.gap_interval
 PASSTHROUGH = ("config", "varied", "arms", "tokens_per_step")  # labels shared by a seed group's groups
 
 

@@ -26,10 +26,9 @@ from specscale.store.runs import ERROR_LOG, SPEC_FILE, RunStore, read_json, writ
 from specscale.store.fingerprint import CodeRef, files_text
 from specscale.store.integrity import set_aside_if_damaged
 from specscale.launch.slurm import ENDED, QUEUE, QUEUED_STATES
-from specscale.study.spec import SpecError
+from specscale.study.spec import ON_CODE_CHANGE, SpecError
 
 LOCAL_CONTROLLER_MARK = b"submitit.local._local"
-ON_CODE_CHANGE = ("warn", "recompute")  # cache.on_code_change: what a cached run made by other code gets
 
 
 @dataclass
@@ -272,7 +271,7 @@ class Launcher:
         return report
 
     def _first_line(self, report: LaunchReport, n_missing: int) -> str:
-        """'[train] 39 runs: 39 cached (12 made by other code: core/specscale/model/gpt.py, core/specscale/train/train.py), 0 to compute'."""
+        """E.g. '[train] 39 runs: 39 cached (12 made by other code: core/specscale/model/gpt.py), 0 to compute'."""
         head, todo = f"[{self.stage}] {report.total} runs: {len(report.cached)} cached", f"{n_missing} to compute"
         if not report.changed:
             return f"{head}, {todo}"

@@ -187,7 +187,8 @@ METRICS: dict[str, Callable[[ArrayLike], float]] = _build_metrics()
 
 
 # How each registered metric (registry.REGISTRY, the Rényi family aside) comes from one spectrum: a function of ln p
-# over the support and of {α: R_α} at the run's orders (soft and hard rank are R₁ and R₂ themselves, not recomputed).
+# over the support and of {α: R_α} at the run's orders (soft and hard rank are R₁ and R₂ themselves, not
+# recomputed).
 _FROM_LOG_P: dict[str, Callable[[np.ndarray, Mapping[float, float]], float]] = {
     "entropy": lambda log_p, renyi: _log_renyi_rank(log_p, 1.0),
     "soft_rank": lambda log_p, renyi: renyi[1.0],
@@ -204,9 +205,9 @@ def all_metrics(
     """Every metric of one spectrum, normalising it once: the one path the pipeline, the tests and the benchmark use.
 
     Keys, in ranks.csv's column order (registry.metric_names): ``entropy`` (nats), ``renyi_<α>`` for each α of
-    sorted(alphas ∪ {1, 2}), then ``soft_rank`` (= R₁) and ``hard_rank`` (= R₂). `noise_floor` (absolute, λ's units;
-    `storage_noise_floor` of the activations' dtype) leaves eigenvalues at or below it out of the support of the
-    orders α < 0.5 only; 0 = no cut.
+    sorted(alphas ∪ {1, 2}), then ``soft_rank`` (= R₁) and ``hard_rank`` (= R₂). `noise_floor` (absolute, λ's
+    units; `storage_noise_floor` of the activations' dtype) leaves eigenvalues at or below it out of the support of
+    the orders α < 0.5 only; 0 = no cut.
     """
     log_p = _log_probabilities(eigs)
     log_p_cut = _log_probabilities(eigs, noise_floor) if noise_floor != 0.0 else log_p  # (a bad floor fails there)

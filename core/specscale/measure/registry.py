@@ -62,7 +62,7 @@ REGISTRY: tuple[Metric, ...] = (
 _BY_NAME = {m.name: m for m in REGISTRY if not m.family}
 
 FIT_METRICS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.beta)  # the metrics that get a β, in order
-# Orders every spectrum gets whatever the grid: soft and hard rank are R₁ and R₂ (the same numbers, one computation).
+# Orders every spectrum gets whatever the grid: soft and hard rank are R₁ and R₂ (same numbers, one computation).
 RENYI_ALWAYS: tuple[float, ...] = (1.0, 2.0)
 
 

@@ -58,10 +58,13 @@ def _runtime_imports(tree: ast.AST) -> Iterable[ast.Import | ast.ImportFrom]:
         todo.extend(ast.iter_child_nodes(node))
 
 
+def _holds_code(tree: ast.Module) -> bool:
+    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in tree.body)
+
+
 def has_code(path: Path) -> bool:
     """False for a file holding at most a docstring (the package __init__ files, which re-export nothing)."""
-    body = ast.parse(path.read_bytes(), str(path)).body
-    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+    return _holds_code(ast.parse(path.read_bytes(), str(path)))
 
 
 class ModuleGraph:
@@ -79,6 +82,7 @@ class ModuleGraph:
                 files[".".join((package, *parts))] = path
         self.files = files
         self._parsed: dict[str, set[str]] = {}  # parsed on demand: a fingerprint needs only one closure
+        self._holds_code: dict[str, bool] = {}  # per parsed module: anything beyond a docstring (has_code)
 
     @cached_property
     def imports(self) -> dict[str, set[str]]:
@@ -99,7 +103,9 @@ class ModuleGraph:
         path = self.files[name]
         package = name if path.stem == "__init__" else name.rpartition(".")[0]
         found: set[str] = set()
-        for node in _runtime_imports(ast.parse(path.read_bytes(), str(path))):
+        tree = ast.parse(path.read_bytes(), str(path))
+        self._holds_code[name] = _holds_code(tree)
+        for node in _runtime_imports(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -129,7 +135,8 @@ class ModuleGraph:
         (has_code) are left out: importing a sub-module runs them, but they cannot change what it does."""
         if module not in self.files:
             raise KeyError(f"module {module!r} is not in the packages {sorted(self.dirs)}")
-        return sorted(p for p in (self.files[m] for m in {module} | self.closure(module)) if has_code(p))
+        modules = {module} | self.closure(module)  # the closure parsed every one of them
+        return sorted(self.files[m] for m in modules if self._holds_code[m])
 
     def fingerprint(self, module: str) -> dict[str, str]:
         """{path relative to `root`: sha256 hex of the file's bytes} for `module` and everything it imports."""
@@ -190,5 +197,6 @@ def mixed_files(fingerprints: list[Mapping[str, str] | None]) -> list[str]:
 
 
 def files_text(diffs: Iterable[Iterable[str]]) -> str:
-    """The union of what differs over several runs, sorted, e.g. 'core/specscale/model/gpt.py, core/specscale/train/train.py'."""
+    """The union of what differs over several runs, sorted, e.g. 'core/specscale/model/gpt.py,
+    core/specscale/train/train.py'."""
     return ", ".join(sorted(set().union(*map(set, diffs))))

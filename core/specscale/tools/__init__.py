@@ -1,1 +1,2 @@
-"""Commands beside the pipeline: what plan and status print (status), measuring a study's cost on this machine (calibrate)."""
+"""Commands beside the pipeline: what plan and status print (status), measuring a study's cost on this machine
+(calibrate)."""

@@ -264,8 +264,8 @@ def _spectra_phases(store: RunStore, small: StudyPlan) -> dict[str, float]:
 def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore, measured: dict[str, Measured],
                      costs: list[dict[str, float]]) -> tuple[float | None, dict[str, float] | None]:
     """Whole-study seconds of the activations stage, and of the spectra stage by phase. The spectra run records its
-    phases (summed over its slices, measure/activations.py: PhaseClock); each scales per (checkpoint, layer) slice by its own law
-    from the measured run m to every run r: load × params_r/params_m, forward × forwarded tokens × mean forward
+    phases (summed over its slices, measure/activations.py: PhaseClock); each scales per (checkpoint, layer) slice
+    by its own law from the measured run m to every run r: load × params_r/params_m, forward × forwarded tokens × mean forward
     FLOPs per token of a slice (blocks 0…l for layer l, no head), write × N·D, covariance × N·D², eigh × D³; what
     is left of the stage's time (start-up, metrics, files) is per run. `costs`: run_costs of every run of
     full.train, in order."""

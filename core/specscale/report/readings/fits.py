@@ -1,4 +1,5 @@
-"""Readings of the study, β and rank tables and figures (see specscale.report.readings.primitives): one computed line each."""
+"""Readings of the study, β and rank tables and figures (see specscale.report.readings.primitives): one computed
+line each."""
 
 from __future__ import annotations
 
