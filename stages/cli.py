@@ -17,6 +17,8 @@ from specscale.study.plan import StudyPlan
 from specscale.study.spec import SpecError, load_study
 from stages.runner import fingerprints, load_plan, plan_study, project_root, run_stage
 from stages.table import BY_NAME, STAGES
+from stages.validate import check_study, write_record
+from specscale.tools.makespan import print_makespans
 from specscale.tools.status import H100_BF16_PEAK_TFLOPS, print_plan, print_status, print_why
 
 
@@ -29,6 +31,8 @@ def _plan(args: argparse.Namespace) -> int:
     plan, store = load_plan(args.params)
     code = fingerprints()
     print_plan(plan, store, gpu_tflops=args.gpu_tflops, mfu=args.mfu, code=code)
+    if args.gpus:
+        print_makespans(plan, args.gpus, gpu_tflops=args.gpu_tflops, mfu=args.mfu)
     if args.why:
         print_why(plan, store, code, plan.study.cache.on_code_change)
     return 0
@@ -68,8 +72,12 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    plan, _ = load_plan(args.params)
-    print(f"ok: preset {plan.study.preset}, {len(plan.train)} training runs")
+    root = project_root()
+    params = Path(args.params) if args.params else root / "params.yaml"
+    study, points = check_study(params, root)
+    if args.record:
+        write_record(study, params, root, root / args.record)
+    print(f"ok: preset {study.preset}, {len(points)} training runs")
     return 0
 
 
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"peak bf16 TFLOP/s of one GPU (H100: {H100_BF16_PEAK_TFLOPS:g})")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOP utilisation")
     p.add_argument("--why", action="store_true", help=WHY_HELP)
+    p.add_argument("--gpus", type=int, nargs="+", metavar="N",
+                   help="also print the study's makespan on N GPUs (several N allowed), with a barrier between stages "
+                        "and with per-run chains (tools/makespan.py)")
     p.set_defaults(func=_plan)
     p = sub.add_parser("status", help="state of every run: cached (and by which code), queued, running, failed")
     p.add_argument("--why", action="store_true", help=WHY_HELP)
@@ -127,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gc", help="remove runs no longer in the sweep (dry run unless --yes)")
     p.add_argument("--yes", action="store_true")
     p.set_defaults(func=_gc)
-    sub.add_parser("validate", help="check params.yaml and the preset").set_defaults(func=_validate)
+    p = sub.add_parser("validate", help="check params.yaml, the preset, every run's optimizer settings and the data "
+                       "files; writes nothing but the --record (the validate stage of dvc.yaml)")
+    p.add_argument("--record", default=None, help="once every check passes, write what was checked to this file "
+                   "(relative to the project root): the validate stage's output")
+    p.set_defaults(func=_validate)
     p = sub.add_parser("calibrate", help="run every per-run stage for a few steps here, at the preset's real shapes, "
                        "in a temporary project; print time, memory, MFU and the whole study extrapolated")
     p.add_argument("--steps", type=int, default=3, help="training steps to measure (default 3)")

@@ -10,11 +10,12 @@ from omegaconf import DictConfig
 
 from specscale.store.runs import RunStore
 from specscale.store.fingerprint import CodeRef, ModuleGraph, package_dirs
+from specscale.launch.inputs import check_inputs, lacking_text
 from specscale.launch.launcher import Launcher, Task
 from specscale.study.plan import StudyPlan, make_plan
 from specscale.store.remote import RemoteError, restore_runs
 from specscale.study.spec import load_study
-from stages.table import STAGES, VERSIONS, Stage
+from stages.table import BY_NAME, STAGES, VERSIONS, Stage
 
 
 def project_root() -> Path:
@@ -47,8 +48,16 @@ def fingerprints() -> dict[str, dict[str, str]]:
 
 def run_stage(stage: Stage, plan: StudyPlan, store: RunStore) -> int:
     """Run a stage: a single-run stage in this process (the debug path tests use), a fan-out stage's selected runs
-    through the launcher, an aggregate stage's main. Returns the exit code."""
+    through the launcher, an aggregate stage's main. Returns the exit code. A damaged run that a stage is about to
+    read is set aside and its stage run again, here (launch/inputs.py)."""
+    rebuild = lambda name: run_stage(BY_NAME[name], plan, store)  # noqa: E731
     if stage.kind == "aggregate":
+        read = [(s, r.key) for s in stage.reads for r in plan.stage_runs(s) if store.is_done(s, r.key)]
+        lacking = check_inputs(store, stage.name, {stage.name: read}, rebuild, lambda msg: print(msg, flush=True),
+                               transitive=False)
+        if lacking:
+            print(f"[{stage.name}] {lacking_text(store, lacking[stage.name])}", file=sys.stderr)
+            return 1
         return stage.entry(plan, store)
     runs = plan.stage_runs(stage.name)
     launcher = plan.study.launcher
@@ -61,7 +70,7 @@ def run_stage(stage: Stage, plan: StudyPlan, store: RunStore) -> int:
     restore_from_remote(stage.name, [r.key for r in runs], store)
     tasks = [Task(r.key, r.label, r.spec) for r in runs]
     return Launcher(stage.name, stage.entry, store, launcher, code=stage_code(stage),
-                    on_code_change=plan.study.cache.on_code_change).run(tasks).exit_code
+                    on_code_change=plan.study.cache.on_code_change, rebuild=rebuild).run(tasks).exit_code
 
 
 def restore_from_remote(stage: str, keys: list[str], store: RunStore) -> None:

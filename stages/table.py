@@ -27,6 +27,9 @@ class Stage:
     entry: Callable[..., Any]  # single/fan_out: run_one(spec, work, store) -> dict; aggregate: main(plan, store) -> int
     select: Callable[..., set[str]] | None = None  # fan_out: (plan, store) → keys whose inputs are ready, or None: all
     module: str = ""  # the stage script (for the dvc.yaml deps check)
+    # aggregate: the stages whose finished runs it reads as data, verified in full first (launch/inputs.py); fan-out
+    # and single stages read their spec's `inputs` instead
+    reads: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -35,8 +38,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "fan_out", 1, train.run_one, module=train.__name__),
     Stage("activations", "fan_out", 2, activations.run_one, activations.select, module=activations.__name__),
     Stage("spectra", "fan_out", 3, spectra.run_one, spectra.select, module=spectra.__name__),
-    Stage("fit", "aggregate", 1, fit.main, module=fit.__name__),
-    Stage("compare", "aggregate", 1, compare.main, module=compare.__name__),
+    # fit also reads the training runs' result.json and logs: small files, digested whole by the train stage's check
+    Stage("fit", "aggregate", 1, fit.main, module=fit.__name__, reads=("spectra",)),
+    Stage("compare", "aggregate", 1, compare.main, module=compare.__name__, reads=("spectra",)),
     Stage("report", "aggregate", 1, report.main, module=report.__name__),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

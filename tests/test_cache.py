@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -220,9 +221,9 @@ def test_an_intact_run_has_no_damaged_files_and_stays(tmp_path: Path) -> None:
     assert set_aside_if_damaged(store.root, "train", "k1") is None and store.is_done("train", "k1")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip head", "flip tail", "remove", "edit spec"])
+@pytest.mark.parametrize("damage", ["truncate", "flip head", "flip middle", "flip tail", "remove", "edit spec"])
 def test_a_damaged_file_is_named_and_the_run_set_aside_not_deleted(tmp_path: Path, damage: str) -> None:
-    big = bytes(range(256)) * 20_000  # 5 MB: digested by size and its first and last MiB
+    big = bytes(range(256)) * 20_000  # 5 MB: above SMALL, so the quick check compares its size only
     store = _committed(tmp_path, {"big.bin": big})
     final = store.final_dir("train", "k1")
     target = final / ("spec.json" if damage == "edit spec" else "big.bin")
@@ -230,31 +231,153 @@ def test_a_damaged_file_is_named_and_the_run_set_aside_not_deleted(tmp_path: Pat
     if damage == "truncate":
         target.write_bytes(bytes(data[:-1]))
     elif damage.startswith("flip"):
-        data[3 if damage == "flip head" else -3] ^= 0x01
+        data[{"head": 3, "middle": len(data) // 2, "tail": -3}[damage.split()[1]]] ^= 0x01
         target.write_bytes(bytes(data))
     elif damage == "remove":
         target.unlink()
     else:
         target.write_text(target.read_text().replace('"lr": 0.003', '"lr": 0.03'))
-    assert damaged_files(final) == [target.name]
-    warning = set_aside_if_damaged(store.root, "train", "k1")
+    full = damage.startswith("flip")  # same size: only the full check, when the run is read as an input, reads it
+    assert damaged_files(final) == ([] if full else [target.name])
+    assert damaged_files(final, full=True) == [target.name]
+    warning = set_aside_if_damaged(store.root, "train", "k1", full=full)
     assert f"runs/train/k1/{target.name}" in warning and "computed again" in warning
     assert not final.exists() and not store.is_done("train", "k1")
     aside = list((store.root / ".quarantine" / "train").iterdir())
     assert len(aside) == 1 and aside[0].name.startswith("k1-") and (aside[0] / CONTENTS_FILE).exists()
 
 
-def test_digest_reads_only_the_ends_of_a_large_file(tmp_path: Path) -> None:
+def test_a_digest_names_its_algorithm_and_covers_the_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"a" * (3 << 20))
     before = file_digest(path)
+    assert before == f"sha256:{3 << 20}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] = ord("b")  # the middle of a large file is left to its format's own checks (documented)
+    data[len(data) // 2] = ord("b")
     path.write_bytes(bytes(data))
-    assert file_digest(path) == before and before.startswith(f"{3 << 20}:")
+    assert file_digest(path) != before
 
 
-def test_runs_committed_before_the_contents_record_are_trusted(tmp_path: Path) -> None:
+def test_a_record_made_before_whole_file_digests_is_still_checked(tmp_path: Path) -> None:
+    """Old records ('<size>:<sha256 of the first and last MiB>') are checked as they were made: their ends, not
+    their middle (nothing else was recorded)."""
+    store = _committed(tmp_path, {"big.bin": b"a" * (3 << 20)})
+    final = store.final_dir("train", "k1")
+    record = json.loads((final / CONTENTS_FILE).read_text())
+    h = hashlib.sha256(b"a" * (2 << 20)).hexdigest()  # first MiB + last MiB of a uniform file
+    record["big.bin"] = f"{3 << 20}:{h}"
+    (final / CONTENTS_FILE).write_text(json.dumps(record))
+    assert damaged_files(final, full=True) == []
+    data = bytearray((final / "big.bin").read_bytes())
+    data[-3] = ord("b")
+    (final / "big.bin").write_bytes(bytes(data))
+    assert damaged_files(final) == ["big.bin"]
+
+
+def test_a_mid_file_flip_in_a_checkpoint_is_found_by_the_full_check(tmp_path: Path) -> None:
+    """A checkpoint saved by the training code (3.7 MB): a byte flipped in its middle still loads with
+    torch.load(weights_only=True), one weight changed, so the whole-file digest is what catches it."""
+    import torch
+
+    from specscale.model.build import build_model, checkpoint_path
+    from specscale.train.train import _save_atomic
+
+    spec = {"seed": 0, "model": {"d_model": 128, "n_layers": 2, "n_heads": 2, "ffn_mult": 4, "pos_encoding": "rope",
+                                 "rope_base": 10000.0, "postln_fraction": 0.0, "vocab_multiple": 64},
+            "train": {"seq_len": 64}}
+    weights = build_model(spec, 2048, torch.device("cpu")).state_dict()
+    store = RunStore(tmp_path)
+    work = store.begin("train", "t", spec)
+    (work / "ckpt").mkdir()
+    _save_atomic(weights, checkpoint_path(work, 10))
+    store.commit("train", "t", "cpu", 1.0)
+    ckpt = checkpoint_path(store.final_dir("train", "t"), 10)
+    assert ckpt.stat().st_size > 2 << 20
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    ckpt.write_bytes(bytes(data))
+    loaded = torch.load(ckpt, weights_only=True)  # the zip's CRCs are not checked on load
+    assert sum(not torch.equal(weights[k], loaded[k]) for k in weights) == 1
+    assert damaged_files(store.final_dir("train", "t"), full=True) == ["ckpt/step_000010.pt"]
+    warning = set_aside_if_damaged(store.root, "train", "t", full=True)
+    assert "runs/train/t/ckpt/step_000010.pt" in warning and not store.is_done("train", "t")
+
+
+def test_a_flipped_spectrum_chunk_fails_its_crc_and_the_contents_check(tmp_path: Path) -> None:
+    """spectra.zarr as the spectra stage writes it (checked_encoding), 2.6 MB of eigenvalues that zarr stores in
+    chunks of ~0.3 MB: a byte flipped in the middle of a chunk fails zarr's CRC32C on read, and both checks name the
+    chunk (chunks this small are digested whole by the quick check too)."""
+    import numpy as np
+    import xarray as xr
+
+    from specscale.measure.spectra import checked_encoding
+
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset({"eigenvalues": (("step", "layer", "site", "bucket", "mode"), rng.random((2, 4, 2, 4, 5000)))},
+                    coords={"site": np.array(["pre", "post"], dtype=object)})
+    store = RunStore(tmp_path)
+    work = store.begin("spectra", "s", {})
+    ds.to_zarr(str(work / "spectra.zarr"), mode="w", consolidated=False, encoding=checked_encoding(ds))
+    store.commit("spectra", "s", "cpu", 1.0)
+    final = store.final_dir("spectra", "s")
+    chunks = sorted(p for p in (final / "spectra.zarr/eigenvalues/c").rglob("*") if p.is_file())
+    assert sum(p.stat().st_size for p in chunks) > 2 << 20  # random float64: zstd cannot shrink it
+    chunk = chunks[len(chunks) // 2]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        xr.open_zarr(str(final / "spectra.zarr"), consolidated=False)["eigenvalues"].values
+    rel = str(chunk.relative_to(final))
+    assert damaged_files(final) == damaged_files(final, full=True) == [rel]
+
+
+def test_a_run_without_a_contents_record_is_not_trusted(tmp_path: Path) -> None:
     store = _committed(tmp_path, {"w.pt": b"w"})
     (store.final_dir("train", "k1") / CONTENTS_FILE).unlink()
-    assert damaged_files(store.final_dir("train", "k1")) == []
+    assert damaged_files(store.final_dir("train", "k1")) == [CONTENTS_FILE]
+    warning = set_aside_if_damaged(store.root, "train", "k1")
+    assert "runs/train/k1 has no contents record" in warning and "computed again" in warning
+    assert not store.is_done("train", "k1") and list((store.root / ".quarantine" / "train").iterdir())
+
+
+def test_an_edited_contents_record_is_not_trusted(tmp_path: Path) -> None:
+    store = _committed(tmp_path, {"w.pt": b"w"})
+    (store.final_dir("train", "k1") / CONTENTS_FILE).write_text('{"w.pt": "sha256:1:nothex", "spec.json": "x"}')
+    assert damaged_files(store.final_dir("train", "k1")) == ["w.pt", "spec.json"]
+
+
+def test_commit_fsyncs_the_run_before_publishing_it_and_the_rename_after(tmp_path: Path, monkeypatch) -> None:
+    """Every file and directory of the run is flushed (fsync) before the rename that publishes it, and the
+    directories the rename changed after it; a commit that loses to a finished run flushes nothing."""
+    import os
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr("specscale.store.runs.os.fsync",
+                        lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr("specscale.store.runs.os.rename",
+                        lambda src, dst: events.append(("rename", str(src))) or real_rename(src, dst))
+    store = RunStore(tmp_path)
+    work = store.begin("train", "k", SPEC)
+    (work / "ckpt").mkdir()
+    (work / "ckpt" / "a.pt").write_bytes(b"a")
+    final = store.commit("train", "k", "cpu", 1.0)
+    rename = events.index(("rename", str(work)))
+    before = {path for kind, path in events[:rename] if kind == "fsync"}
+    published = {str(work / p.relative_to(final)) for p in final.rglob("*")} | {str(work)}
+    assert before == published  # every file (spec, provenance, contents, _SUCCESS, ckpt/a.pt) and directory
+    assert {path for _, path in events[rename + 1:]} == {str(final.parent), str(work.parent)}
+
+    events.clear()
+    store.begin("train", "k", SPEC)
+    store.commit("train", "k", "cpu", 1.0)  # the finished run in place wins: this work is discarded
+    assert events == []
+
+    work = store.begin("train", "k", SPEC)
+    store.commit("train", "k", "cpu", 1.0, replace=True)  # a replacement: two renames, then their directories
+    kinds = [kind for kind, _ in events]
+    assert kinds.index("rename") > kinds.index("fsync") and kinds.count("rename") == 2
+    last_rename = len(kinds) - 1 - kinds[::-1].index("rename")
+    assert {path for _, path in events[last_rename + 1:]} == {str(final.parent), str(work.parent),
+                                                             str(store.replaced_dir("train", "k").parent)}

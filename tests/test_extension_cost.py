@@ -128,7 +128,8 @@ from specscale.study.spec import load_study
 from specscale.study.plan import make_plan
 from stages.table import VERSIONS
 params = Path(sys.argv[2])
-params.write_text("preset: smoke\\nsweep: {optimizers: [adamw, signsgd], widths: [1, 2], seeds: [0]}\\n")
+params.write_text("preset: smoke\\nsweep: {optimizers: [adamw, signsgd], widths: [1, 2], seeds: [0]}\\n"
+                  "fit: {primary: {comparison: signsgd - adamw}}\\n")
 plan = make_plan(load_study(params), VERSIONS, params)
 swept = [t for t in plan.train if t.point.optimizer == "signsgd"]
 assert len(swept) == 2 and len({t.key for t in plan.train}) == 4

@@ -24,8 +24,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers import REPO, make_project, write_tokens_dir
-from specscale.store.runs import (CODE_FIELD, INPUT_RUNS_FIELD, PROVENANCE_FILE, RUN_ID_FIELD, SUCCESS, RunStore,
-                                  read_json, stable_hash)
+from specscale.store.integrity import contents_digest
+from specscale.store.runs import (CODE_FIELD, INPUT_CONTENTS_FIELD, INPUT_RUNS_FIELD, PROVENANCE_FILE, RUN_ID_FIELD,
+                                  SUCCESS, VOLATILE_FILES, RunStore, read_json, stable_hash)
 from specscale.store.fingerprint import (MOVED_CODE_FILE, NOT_RECORDED, CodeRef, ModuleGraph, _moved_code, as_moved,
                                          code_diff, files_text, fingerprint_id, mixed_files)
 from specscale.fit.fit import mixed_groups
@@ -314,17 +315,51 @@ def test_a_replacement_killed_between_its_renames_is_recovered(tmp_path: Path, m
 
 def test_a_run_made_from_a_recomputed_input_is_reported(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
-    store.begin("train", "t", {"n": 1})
+    (store.begin("train", "t", {"n": 1}) / "w.pt").write_bytes(b"old")
     store.commit("train", "t", "cpu", 0.0)
     store.begin("spectra", "s", {"inputs": {"train": "t"}})
     store.commit("spectra", "s", "cpu", 0.0)
-    recorded = read_json(store.final_dir("spectra", "s") / PROVENANCE_FILE)[INPUT_RUNS_FIELD]
-    assert recorded == {"train": read_json(store.final_dir("train", "t") / PROVENANCE_FILE)[RUN_ID_FIELD]}
+    prov = read_json(store.final_dir("spectra", "s") / PROVENANCE_FILE)
+    assert prov[INPUT_RUNS_FIELD] == {"train": read_json(store.final_dir("train", "t") / PROVENANCE_FILE)[RUN_ID_FIELD]}
+    assert prov[INPUT_CONTENTS_FIELD] == {"train": contents_digest(store.final_dir("train", "t"), VOLATILE_FILES)}
     assert store.changes("spectra", "s", None) == []
-    store.begin("train", "t", {"n": 1})
+    (store.begin("train", "t", {"n": 1}) / "w.pt").write_bytes(b"new")
     store.commit("train", "t", "cpu", 0.0, replace=True)
     assert store.changes("spectra", "s", None) == ["input train recomputed"]
     assert store.changes("spectra", "s", {"x.py": "1"}) == [NOT_RECORDED, "input train recomputed"]
+
+
+def test_an_input_recomputed_byte_identical_is_not_a_change(tmp_path: Path) -> None:
+    """Two commits of an input with the same files (other run ids, times): the run made from the first is not
+    'made from another input'; a file that differs is."""
+    store = RunStore(tmp_path)
+    (store.begin("tokenize", "t", {"n": 1}) / "tokenizer.json").write_text("{}")
+    store.commit("tokenize", "t", "cpu", 0.0)
+    store.begin("train", "r", {"inputs": {"tokenize": "t"}})
+    store.commit("train", "r", "cpu", 0.0)
+    first_id = read_json(store.final_dir("tokenize", "t") / PROVENANCE_FILE)[RUN_ID_FIELD]
+    (store.begin("tokenize", "t", {"n": 1}) / "tokenizer.json").write_text("{}")
+    store.commit("tokenize", "t", "cpu", 1.0, replace=True)
+    assert read_json(store.final_dir("tokenize", "t") / PROVENANCE_FILE)[RUN_ID_FIELD] != first_id
+    assert store.changes("train", "r", None) == []
+    (store.begin("tokenize", "t", {"n": 1}) / "tokenizer.json").write_text('{"merges": []}')
+    store.commit("tokenize", "t", "cpu", 1.0, replace=True)
+    assert store.changes("train", "r", None) == ["input tokenize recomputed"]
+
+
+def test_runs_that_recorded_only_input_run_ids_are_compared_by_run_id(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.begin("tokenize", "t", {"n": 1})
+    store.commit("tokenize", "t", "cpu", 0.0)
+    store.begin("train", "r", {"inputs": {"tokenize": "t"}})
+    prov_path = store.commit("train", "r", "cpu", 0.0) / PROVENANCE_FILE
+    old = read_json(prov_path)
+    del old[INPUT_CONTENTS_FIELD]  # as made before contents were recorded
+    prov_path.write_text(json.dumps(old))
+    assert store.changes("train", "r", None) == []
+    store.begin("tokenize", "t", {"n": 1})
+    store.commit("tokenize", "t", "cpu", 0.0, replace=True)  # same files, another run id
+    assert store.changes("train", "r", None) == ["input tokenize recomputed"]
 
 
 def test_the_cache_section_invalidates_nothing(tmp_path: Path) -> None:

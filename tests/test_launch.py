@@ -140,6 +140,110 @@ def test_run_task_commits_atomically(tmp_path: Path, fake_debug_stage) -> None:
     assert not store.final_dir("fake", "bad").exists() and store.work_dir("fake", "bad").is_dir()
 
 
+def test_a_launch_on_a_full_disk_still_lists_its_failures(tmp_path: Path, fake_debug_stage, monkeypatch,
+                                                          capsys) -> None:
+    """The run fails, then the launcher's own writes (the run's error.log, the job records) fail with ENOSPC: the
+    launch still ends with the failed run, the files it could not write and that the disk is full, no traceback of
+    its own."""
+    import errno
+
+    real_write_text = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == "error.log":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_text(self, *args, **kwargs)
+
+    def no_records(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr("specscale.launch.launcher.write_json", no_records)
+    store = RunStore(tmp_path)
+    echo = Echo()
+    report = Launcher("fake", ENTRY["fake"], store, _launcher_cfg("debug"), echo=echo).run(
+        _tasks([{"name": "a", "fail": True}, {"name": "b"}]))
+    log = store.work_dir("fake", "keya") / "error.log"
+    assert report.computed == ["keyb"] and [(k, shown) for k, _, shown in report.failed] == [
+        ("keya", f"{log} (could not be written)")]
+    err = capsys.readouterr().err
+    assert "FAILED runs" in err and "key=keya" in err
+    assert f"could not write {log}: No space left on device (the disk is full" in err
+    assert f"could not write {store.jobs_path('fake')}: No space left on device (the disk is full" in err
+    assert "summary: 1 computed, 0 cached, 1 failed" in echo.text()
+
+
+def test_a_damaged_input_is_set_aside_and_computed_again_before_it_is_read(tmp_path: Path, fake_debug_stage) -> None:
+    """A run about to be read as an input is checked in full: a byte flipped in the middle of a 3 MiB file (same
+    size: the quick check cannot see it) sets it aside, named, and its stage is run again before the reader runs."""
+    store = RunStore(tmp_path)
+
+    def compute_up() -> int:
+        (store.begin("up", "u", {"n": 1}) / "big.bin").write_bytes(b"a" * (3 << 20))
+        store.commit("up", "u", "cpu", 0.0)
+        return 0
+
+    compute_up()
+    big = store.final_dir("up", "u") / "big.bin"
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    big.write_bytes(bytes(data))
+    rebuilt: list[str] = []
+    echo = Echo()
+    tasks = _tasks([{"name": "a", "inputs": {"up": "u"}}])
+    report = Launcher("fake", ENTRY["fake"], store, _launcher_cfg("debug"), echo=echo,
+                      rebuild=lambda stage: rebuilt.append(stage) or compute_up()).run(tasks)
+    assert rebuilt == ["up"] and report.computed == ["keya"] and report.failed == []
+    assert "runs/up/u/big.bin differ(s) from what was committed" in echo.text()
+    assert (store.final_dir("up", "u") / "big.bin").read_bytes() == b"a" * (3 << 20)
+    assert len(list((store.root / ".quarantine" / "up").iterdir())) == 1
+
+    # without a way to compute it again, the reader fails naming the input it lacks, and never runs on it
+    big.write_bytes(bytes(data))
+    report = Launcher("fake", ENTRY["fake"], store, _launcher_cfg("debug"), echo=Echo()).run(
+        _tasks([{"name": "b", "inputs": {"up": "u"}}]))
+    assert report.computed == [] and [k for k, _, _ in report.failed] == ["keyb"]
+    log = store.work_dir("fake", "keyb") / "error.log"
+    assert "input run runs/up/u is not finished" in log.read_text()
+    assert not (store.work_dir("fake", "keyb") / "out.json").exists()
+
+
+def test_check_inputs_follows_inputs_upstream_and_rebuilds_upstream_first(tmp_path: Path) -> None:
+    """A measurement reads a train run and the buckets run and, through them, the tokenize run: each is checked in
+    full once, however many readers read it; when tokenize and train are both damaged, tokenize is computed again
+    first (the train run's recomputation reads it). An aggregate (transitive=False) checks only what it reads."""
+    from specscale.launch.inputs import check_inputs
+
+    store = RunStore(tmp_path)
+    inputs = {"tok": {}, "tr": {"tokenize": "tok"}, "bu": {"tokenize": "tok"}}
+    stages = {"tok": "tokenize", "tr": "train", "bu": "buckets"}
+
+    def commit(key: str) -> int:
+        (store.begin(stages[key], key, {"inputs": inputs[key]}) / "big.bin").write_bytes(b"a" * (3 << 20))
+        store.commit(stages[key], key, "cpu", 0.0)
+        return 0
+
+    for key in ("tok", "tr", "bu"):
+        commit(key)
+    for key in ("tok", "tr"):
+        big = store.final_dir(stages[key], key) / "big.bin"
+        big.write_bytes(b"a" * (1 << 20) + b"b" + b"a" * ((2 << 20) - 1))  # same size, one byte changed
+    order: list[str] = []
+    echo = Echo()
+    reads = [("train", "tr"), ("buckets", "bu")]
+    lacking = check_inputs(store, "spectra", {"s1": reads, "s2": reads},
+                           lambda stage: order.append(stage) or commit({"tokenize": "tok", "train": "tr"}[stage]),
+                           echo)
+    assert lacking == {} and order == ["tokenize", "train"]
+    for key in ("tok", "tr"):
+        assert echo.text().count(f"runs/{stages[key]}/{key}/big.bin differ(s)") == 1
+    assert "runs/buckets" not in echo.text()
+
+    (store.final_dir("tokenize", "tok") / "big.bin").write_bytes(b"b" * (3 << 20))
+    assert check_inputs(store, "fit", {"fit": [("train", "tr")]}, None, echo, transitive=False) == {}
+    assert check_inputs(store, "spectra", {"s1": [("train", "tr")]}, None, echo) == {"s1": [("tokenize", "tok")]}
+
+
 def test_make_executor_names_the_cluster(tmp_path: Path) -> None:
     import submitit
 

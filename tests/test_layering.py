@@ -39,11 +39,12 @@ def test_core_never_imports_the_stage_scripts() -> None:
 # trained); study/ knows the optimizers only through optim.defaults; compare/ and report/ read the fit stage's tables
 # and never the code that made the runs.
 WINGS: dict[str, set[str]] = {
+    "hints": set(),
     "store": set(),
-    "optim": set(),
+    "optim": {"hints"},
     "model": set(),
     "tokens": set(),
-    "study": {"store", "optim"},
+    "study": {"store", "optim", "hints"},
     "launch": {"store", "study"},
     "train": {"store", "model", "optim", "tokens"},
     "measure": {"store", "model", "tokens"},
@@ -120,6 +121,10 @@ def test_no_module_loads_code_by_name() -> None:
 
 
 PLAN = "specscale.study.plan"  # every stage command plans the study first (stages/runner.py)
+# dvc.yaml's first stage checks the whole study (`specscale validate --record ...`); it owns no runs, so it is not in
+# the stage table
+VALIDATE = "validate"
+VALIDATE_MODULE = "stages.validate"
 
 
 def _code_deps(deps: list[str]) -> set[str]:
@@ -138,13 +143,38 @@ def test_dvc_yaml_lists_the_stage_table_with_exactly_the_code_each_stage_runs() 
     their keys (study/plan.py and what it imports), no more and no less: DVC reruns a stage command for an edit to
     code it runs or that can change its runs, and for no other edit (a rerun with nothing to compute is cheap)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == [s.name for s in STAGES], "dvc.yaml and stages/table.py must list the same stages in order"
-    for stage in STAGES:
-        needed = {str(p.relative_to(REPO)) for p in {*SOURCE.code_files(stage.module), *SOURCE.code_files(PLAN)}}
-        listed = _code_deps([str(d) for d in stages[stage.name]["deps"]])
-        assert listed == needed, (f"dvc.yaml stage '{stage.name}': lacks {sorted(needed - listed)}, "
+    assert list(stages) == [VALIDATE, *(s.name for s in STAGES)], \
+        "dvc.yaml lists the validate stage, then the stages of stages/table.py in the same order"
+    for name, module in {VALIDATE: VALIDATE_MODULE, **{s.name: s.module for s in STAGES}}.items():
+        needed = {str(p.relative_to(REPO)) for p in {*SOURCE.code_files(module), *SOURCE.code_files(PLAN)}}
+        listed = _code_deps([str(d) for d in stages[name]["deps"]])
+        assert listed == needed, (f"dvc.yaml stage '{name}': lacks {sorted(needed - listed)}, "
                                   f"lists code it does not run {sorted(listed - needed)}")
+    for stage in STAGES:
         assert stages[stage.name]["cmd"] == f"specscale stage {stage.name}"
+
+
+def test_every_stage_runs_after_the_validate_stage_which_reads_the_whole_params_file() -> None:
+    """The validate stage depends on params.yaml as a file (every key, in every section, not chosen params) and on
+    the presets; each other stage reaches its output through its deps, so `dvc repro` of any stage checks first.
+    Its output is a small uncached file that changes only with the preset (tests/test_validate.py)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    validate = stages[VALIDATE]
+    assert {"params.yaml", "specs"} <= set(validate["deps"]) and "params" not in validate
+    [[record, options]] = [next(iter(o.items())) for o in validate["outs"]]
+    assert options == {"cache": False} and validate["cmd"] == f"specscale validate --record {record}"
+    made_by = {next(iter(o)) if isinstance(o, dict) else o: name for name, body in stages.items()
+               for o in [*body.get("outs", []), *body.get("metrics", [])]}
+
+    def upstream(name: str) -> set[str]:
+        found = set()
+        for dep in stages[name]["deps"]:
+            maker = made_by.get(str(dep))
+            if maker is not None:
+                found |= {maker} | upstream(maker)
+        return found
+
+    assert {name for name in stages if name != VALIDATE and VALIDATE not in upstream(name)} == set()
 
 
 DOC_CITATION = r"[\w./-]*\b(?:science|optimizers|pitfalls|design|architecture|findings/[\w-]+)\.md\b"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,20 @@ def test_first_repro_runs_every_stage_and_records_divergence(project: Path) -> N
     assert sum(v["diverged"] for v in ppl.values()) == 1
 
 
+def test_fit_writes_claims_and_the_readings_state_only_them(project: Path) -> None:
+    """results/claims.csv after the first repro: the primary endpoint first (one seed a side: not tested), and every
+    number the report's difference readings print is in it (tests/test_claims.py; with seeds: test_claims_smoke)."""
+    import pandas as pd
+    from test_claims import check_readings_against_claims
+
+    claims = pd.read_csv(project / "results/claims.csv")
+    first = claims.iloc[0]
+    assert (first["family"], first["claim"], first["verdict"]) == (
+        "primary", "muon − adamw: TAIL β_hard post, trained", "not tested")
+    assert (claims["verdict"] == "not tested").all() and claims["lo"].isna().all()
+    check_readings_against_claims(project / "results")
+
+
 def test_zarr_and_xarray_outputs_carry_labels(project: Path) -> None:
     import xarray as xr
 
@@ -68,9 +83,9 @@ def test_second_repro_computes_nothing_then_one_new_width(project: Path) -> None
     again = _run(["dvc", "repro"], project)
     assert "Data and pipelines are up to date" in again.stdout
     params = json.loads(json.dumps(PARAMS))
-    params["launcher"]["max_parallel"] = 3  # the launcher never invalidates a run
+    params["launcher"]["max_parallel"] = 3  # the launcher never invalidates a run: the edit is checked, nothing reruns
     _write_params(project, params)
-    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], project).stdout
+    assert re.findall(r"Running stage '(\w+)'", _run(["dvc", "repro"], project).stdout) == ["validate"]
     # one new sweep point: AdamW at width 4
     params["ablations"] = {**PARAMS["ablations"], "extra": {"optimizers": ["adamw"], "widths": [4]}}
     _write_params(project, params)

@@ -212,7 +212,8 @@ def test_buckets_spec_follows_the_probe_fields(preset) -> None:
 
 def test_a_sweep_over_lr_moves_the_tied_lion_lrs(tmp_path: Path) -> None:
     params = make_project(tmp_path, "preset: gpt2-160m\noptim: {muon: {lr: 0.01}, dion: {lr: 0.04}}\n"
-                                    "ablations: {}\nsweep: {optimizers: [muon, dion_1_2, normuon], widths: [1]}\n")
+                                    "ablations: {}\nsweep: {optimizers: [muon, dion_1_2, normuon], widths: [1]}\n"
+                                    "fit: {reference_optimizer: muon, primary: {comparison: normuon - muon}}\n")
     runs = {r.optimizer: r.spec["optim"]["hparams"] for r in expand_sweep(load_study(params), params)}
     assert runs["muon"]["embed_lr"] == runs["muon"]["other_lr"] == 0.01
     assert runs["muon"]["head_lr"] == 0.01 / math.sqrt(768)

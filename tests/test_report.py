@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from specscale.fit.curves import train_curves
 from specscale.store.runs import RunStore, stable_hash
 from specscale.measure.metrics import hard_rank, renyi_rank, soft_rank
 
@@ -44,6 +45,11 @@ def _decay(arm: dict, site: str, bucket: str, step: int, layer: int) -> float:
     a = DECAY[arm["opt"]] + BUCKETS[bucket] + 0.03 * layer - (0.1 if site == "pre" else 0.0)
     a += 0.05 * ("model.n_heads" in arm["varied"]) + 0.05 * ("train.steps" in arm["varied"])
     return a + 0.01 * arm["seed"] + (0.02 if step == STEPS[1] else 0.0)
+
+
+def _loss(ppl: float, seed: int, step: int) -> float:
+    """A synthetic training loss: linear from 6 at step 0 to ln(ppl) at step 40, seed 1 above seed 0 by 0.1."""
+    return 6.0 + (math.log(ppl) - 6.0) * min(step, 40) / 40 + 0.1 * seed
 
 
 def make_results(root: Path) -> Path:
@@ -110,6 +116,13 @@ def make_results(root: Path) -> Path:
     betas = fit_stage.add_delta_column(fit_stage.fit_groups(ranks, layers, runs_df, 0))
     betas.to_csv(out / "betas.csv", index=False)
     fit_stage.fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
+    fit_stage.fit_per_layer(layers, runs_df).to_csv(out / "betas_per_layer.csv", index=False)
+    for r in runs_df.itertuples():  # a training log per run: loss 6 → PPL's log over 40 steps, one seed 0.1 above
+        log = root / "runs" / "train" / r.run / "log.jsonl"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(json.dumps({"step": step, "loss": _loss(r.val_ppl, r.seed, step)}) + "\n"
+                               for step in range(1, r.steps + 1)))
+    train_curves(runs_df, store, max_points=20).to_csv(out / "train_curves.csv", index=False)
     fit_stage.write_seed_tables(fit_stage.long_ranks(runs_df, store), runs_df, betas, "adamw", "welch", out)
     val = [{"run": r.run, "config": r.config, "optimizer": r.optimizer, "width_mult": r.width_mult, "seed": r.seed,
             "step": step, "tokens": step * 1024, "val_loss": math.log(r.val_ppl * (1 + (40 - step) / 40)),
@@ -202,3 +215,47 @@ def test_report_says_what_is_missing(built: Path, tmp_path: Path) -> None:
     build_report(results, tmp_path / "report", {"preset": "smoke"}, choices=[])
     html = (tmp_path / "report" / "index.html").read_text()
     assert "no architectural ablation" in html and "no PostLN" in html
+
+
+def test_report_shows_training_curves_layers_and_seed_points(built: Path) -> None:
+    """The loss figure's band is the lowest to the highest seed; the layer heatmap averages seeds; the β-over-training
+    figure carries each seed's own β."""
+    from specscale.compare.figure_data import beta_training_seed_points, layer_beta_data, loss_curve_data
+
+    results = built / "results"
+    curves = pd.read_csv(results / "train_curves.csv")
+    assert curves.groupby("run").size().max() == 20  # 40 logged steps in blocks of 2 (80-step runs: blocks of 4)
+    first = curves[(curves["config"] == "muon") & (curves["width_mult"] == 4) & (curves["seed"] == 0)].iloc[0]
+    assert first["step"] == 2 and first["loss"] == pytest.approx((_loss(40.0, 0, 1) + _loss(40.0, 0, 2)) / 2)
+    band = loss_curve_data(curves)
+    cell = band[(band["display"] == "muon") & (band["width_mult"] == 4) & (band["step"] == 40)].iloc[0]
+    assert cell["n_seeds"] == 2 and cell["high"] - cell["low"] == pytest.approx(0.1)
+    block_mean = [(_loss(40.0, seed, 39) + _loss(40.0, seed, 40)) / 2 for seed in (0, 1)]
+    assert cell["loss"] == pytest.approx(sum(block_mean) / 2) and cell["low"] == pytest.approx(block_mean[0])
+    layers = layer_beta_data(pd.read_csv(results / "betas_per_layer.csv"), pd.read_csv(results / "runs.csv"))
+    assert set(layers["layer"]) == {0, 1} and set(layers.loc[layers["display"] == "muon", "n_seeds"]) == {2}
+    points = beta_training_seed_points(pd.read_csv(results / "betas_steps.csv"))
+    assert set(points.loc[points["display"] == "muon", "seed"]) == {0, 1} and (points["step"] > 0).all()
+    spec = json.loads((built / "report" / "figures" / "beta_training.vl.json").read_text())
+    assert "seed" in json.dumps(spec["datasets"])  # the seed points travel with the figure
+    summary = (built / "report" / "summary.md").read_text()
+    assert summary.index("## Results") < summary.index("## Study")  # the report opens with the results
+
+
+def test_report_renders_in_a_real_browser(built: Path) -> None:
+    """Headless Chromium (Debian's `chromium`), offline: every figure's div holds the SVG vega-embed drew, and none
+    holds the 'figure failed to render' text the page puts there when Vega throws."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it when it can")
+    page = (built / "report" / "index.html").resolve()
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    drawn = dict(re.findall(r'<div id="fig-([a-z_0-9]+)"[^>]*>(.{0,40})', dom))
+    made = {p.name.removesuffix(".vl.json") for p in (built / "report" / "figures").glob("*.vl.json")}
+    assert len(made) >= 14 and set(drawn) == made, "a figure's div is missing from the rendered page"
+    for name, start in drawn.items():
+        assert start.startswith("<svg"), f"figure {name} did not render: {start!r}"

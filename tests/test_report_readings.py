@@ -18,14 +18,16 @@ from specscale.report.readings import fits as rf
 WIDTHS = (1, 2, 4)
 
 
-def test_difference_reading_verdicts() -> None:
+def test_claim_reading_states_the_claims_verdict_and_adjusted_interval() -> None:
+    """The verdict is the claim's (results/claims.csv), read on the adjusted interval: a raw interval that excludes 0
+    beside a Holm interval that holds it reads 'not resolved'."""
     what = "Muon − AdamW, TAIL β_hard"
-    assert rd.difference_reading(what, 0.12, -0.05, 0.29, "3 seeds") == \
-        "Muon − AdamW, TAIL β_hard: +0.12 [−0.05, +0.29], 3 seeds: not resolved"
-    assert rd.difference_reading(what, 0.12, 0.02, 0.22, "3 seeds") == \
-        "Muon − AdamW, TAIL β_hard: +0.12 [+0.02, +0.22], 3 seeds: resolved"
-    assert rd.difference_reading(what, -0.12, math.nan, math.nan, "1 seed") == \
-        "Muon − AdamW, TAIL β_hard: −0.12, 1 seed: no interval"
+    assert rd.claim_reading(what, 0.12, 0.02, 0.22, -0.03, 0.27, "3 vs 3 seeds", "not resolved", "Holm") == \
+        "Muon − AdamW, TAIL β_hard: +0.12 [+0.02, +0.22], Holm [−0.03, +0.27], 3 vs 3 seeds: not resolved"
+    assert rd.claim_reading(what, 0.12, 0.02, 0.22, 0.02, 0.22, "3 vs 3 seeds", "resolved") == \
+        "Muon − AdamW, TAIL β_hard: +0.12 [+0.02, +0.22], 3 vs 3 seeds: resolved"  # the primary: no adjustment
+    assert rd.claim_reading(what, -0.12, math.nan, math.nan, math.nan, math.nan, "1 vs 1 seeds", math.nan,
+                            "Holm") == "Muon − AdamW, TAIL β_hard: −0.12, 1 vs 1 seeds: not tested"
 
 
 def test_text_helpers() -> None:
@@ -59,13 +61,14 @@ def _beta_tables(step0: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
 
 def test_beta_table_reading_below_and_above_step0() -> None:
     below = rf.beta_table_reading(*_beta_tables(step0=0.9))
-    assert below.text == ("Trained β above its step-0 β in 0 of 8 cells (soft 0 of 4, hard 0 of 4). Trained β_hard "
+    assert below.text == ("Trained β above its step-0 β in 0 of 8 cells (soft 0 of 4, hard 0 of 4): point estimates, "
+                          "not a test (trained − step 0 is tested across seeds, β-across-seeds table). Trained β_hard "
                           "highest / lowest by bucket: HEAD muon 0.70 / adamw 0.40, above step 0 in 0 of 2; TAIL muon "
                           "0.75 / adamw 0.50, above step 0 in 0 of 2.")
     assert below.caption("β") == ("β — trained β with its OLS 95% t-interval over widths; step-0 β and R² without; "
                                   "n = 2 groups, 1 seed, widths k ∈ {1, 2, 4}")
     above = rf.beta_table_reading(*_beta_tables(step0=0.3))
-    assert above.text.startswith("Trained β above its step-0 β in 8 of 8 cells (soft 4 of 4, hard 4 of 4).")
+    assert above.text.startswith("Trained β above its step-0 β in 8 of 8 cells (soft 4 of 4, hard 4 of 4): point")
     assert "above step 0 in 2 of 2" in above.text
 
 

@@ -25,7 +25,8 @@ def _runs(groups: dict[str, dict]) -> pd.DataFrame:
     for group, g in groups.items():
         for d in WIDTHS:
             config = g["optimizer"] + (" lr=0.01" if g.get("arms") == "tuned" else "")
-            rows.append({"run": f"{group}-{d}", "group": group, "ffn_dim": d, "group_label": g["optimizer"],
+            rows.append({"run": f"{group}-{d}", "group": group, "ffn_dim": d, "width_mult": d // WIDTHS[0],
+                         "group_label": g["optimizer"],
                          "config": config,
                          "optimizer": g["optimizer"], "seed": g["seed"], "seed_group": g["seed_group"],
                          "arms": g.get("arms", "main"), "varied": json.dumps(g.get("varied", {})), "steps": 100,
@@ -130,3 +131,63 @@ def test_optimizer_gaps_compare_within_an_arm_only() -> None:
     per_step = optimizer_gaps(steps, runs, "adamw", ["step", "bucket", "site", "metric"])
     assert (per_step["tokens_per_step"] == 2048).all() and (per_step["step"] == 40).all()
     assert per_step["diff"].tolist() == gaps["diff"].tolist()
+
+
+def test_scipy_implementations_give_the_hand_formulas_values() -> None:
+    """gap_interval (Welch, paired), seed_mean_interval and bootstrap_beta now call scipy (ttest_ind with
+    equal_var=False, ttest_rel, ttest_1samp, bootstrap); these are the values the hand-written formulas gave on the
+    same examples before the switch (Welch–Satterthwaite dof, mean ± t·sd/√n, and the layer bootstrap's own loop
+    over a default_rng(0), which scipy's bootstrap draws from in the same order)."""
+    from specscale.fit.laws import bootstrap_beta, seed_mean_interval
+
+    tol = rounding_tol(F64, n_ops=50, magnitude=2.0)
+    welch, paired = gap_interval(MUON, ADAMW, "welch"), gap_interval(MUON, ADAMW, "paired")
+    assert abs(welch.low - 0.41996855747501743) <= tol and abs(welch.high - 0.7266981091916496) <= tol
+    assert abs(paired.low - 0.27489198822974936) <= tol and abs(paired.high - 0.8717746784369174) <= tol
+    assert 0 < welch.p < 0.05 and 0 < paired.p < 0.05  # scipy's two-sided p-value, used by the Holm families
+    s = seed_mean_interval([0.47, 0.33, 0.52, 0.41])
+    assert abs(s.ci_low - 0.302333796290816) <= tol and abs(s.ci_high - 0.562666203709184) <= tol
+    layers = [[10.0, 12.0, 11.0, 9.5], [15.0, 18.0, 16.5, 14.0], [24.0, 27.0, 21.0, 25.5], [33.0, 40.0, 36.0, 30.0]]
+    boot = bootstrap_beta([64, 128, 256, 512], layers, n_boot=4000, seed=0)
+    assert (boot.ci_low, boot.ci_high) == (0.49188632372745944, 0.6588273689279414)
+    # no spread: the interval is the point, and a difference is certain (p 0) unless it is 0 (p 1)
+    flat = gap_interval({0: 1.0, 1: 1.0}, {0: 0.5, 1: 0.5})
+    assert (flat.low, flat.high, flat.p) == (0.5, 0.5, 0.0)
+    same = gap_interval({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}, "paired")
+    assert (same.low, same.high, same.p) == (0.0, 0.0, 1.0)
+
+
+def test_a_comparison_refits_both_sides_on_the_widths_they_share() -> None:
+    """Muon seed 1 lacks k = 8 (a diverged run), every other group has k ∈ {1, 2, 4, 8}: every group of the
+    comparison, both sides, is refitted on {1, 2, 4}, so the rank at k = 8 (off the power law) moves no β of it."""
+    from specscale.fit.laws import fit_points
+    from specscale.fit.seed_stats import rank_points
+
+    widths = (64, 128, 256, 512)
+    groups = {f"{o}{s}": {"optimizer": o, "seed": s, "seed_group": o} for o in ("muon", "adamw") for s in (0, 1, 2)}
+    beta = {"muon": 0.9, "adamw": 0.5}
+    rows, ranks = [], []
+    for group, g in groups.items():
+        for d in widths:
+            if group == "muon1" and d == 512:
+                continue  # diverged: not measured
+            rows.append({"run": f"{group}-{d}", "group": group, "ffn_dim": d, "width_mult": d // 64,
+                         "group_label": g["optimizer"], "config": g["optimizer"], "optimizer": g["optimizer"],
+                         "seed": g["seed"], "seed_group": g["seed_group"], "arms": "main", "varied": "{}",
+                         "steps": 100, "tokens_per_step": 2048})
+            kink = 3.0 if d == 512 else 1.0  # k = 8 off the line: a fit that uses it gets another β
+            value = kink * d ** (beta[g["optimizer"]] + 0.01 * g["seed"])
+            ranks.append({"run": f"{group}-{d}", "phase": "trained", "bucket": "TAIL", "site": "post",
+                          "metric": "hard_rank", "median": value})
+    runs, ranks = pd.DataFrame(rows), pd.DataFrame(ranks)
+    points = rank_points(ranks, runs)
+    own = fit_points(points, ["group", "phase", "bucket", "site", "metric"], value_col="median")
+    own = own.join(runs.drop_duplicates("group").set_index("group")[["seed", "seed_group"]], on="group")
+    keys = ["phase", "bucket", "site", "metric"]
+    (row,) = optimizer_gaps(own, runs, "adamw", keys, points=points).itertuples()
+    tol = rounding_tol(F64, n_ops=60, magnitude=8.0)
+    assert row.widths == "1,2,4"
+    assert abs(row.diff - 0.4) <= tol and abs(row.beta - (0.9 + 0.01)) <= tol  # exact power laws on {1, 2, 4}
+    # without the points there is nothing to refit: the row says which widths each side had
+    (raw,) = optimizer_gaps(own, runs, "adamw", keys).itertuples()
+    assert raw.widths == "1,2,4/1,2,4,8 vs 1,2,4,8" and abs(raw.diff - 0.4) > 0.01

@@ -194,7 +194,9 @@ def test_unknown_optimizer_key_in_optim_sections(tmp_path: Path) -> None:
 
 def test_dion_family_overrides_apply_to_every_dion(tmp_path: Path) -> None:
     params = make_project(tmp_path, "preset: smoke\nsweep: {optimizers: [dion_1_2, dion_1_4], widths: [1]}\n"
-                                    "optim: {dion: {momentum: 0.9}, dion_1_4: {momentum: 0.8}}\n")
+                                    "optim: {dion: {momentum: 0.9}, dion_1_4: {momentum: 0.8}}\n"
+                                    "fit: {reference_optimizer: dion_1_2,\n"
+                                    "      primary: {comparison: dion_1_4 - dion_1_2}}\n")
     runs = {r.optimizer: r.spec["optim"]["hparams"] for r in expand_sweep(load_study(params), params)}
     assert runs["dion_1_2"]["momentum"] == 0.9 and runs["dion_1_2"]["rank_fraction"] == 0.5
     assert runs["dion_1_4"]["momentum"] == 0.8 and runs["dion_1_4"]["rank_fraction"] == 0.25  # name beats family

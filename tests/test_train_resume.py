@@ -87,8 +87,10 @@ def _ckpts(work: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {p.name: torch.load(p, weights_only=True) for p in sorted((work / "ckpt").glob("step_*.pt"))}
 
 
-def _killed_then_resumed(setup, tmp_path: Path, kill_when, expect_resume_state: bool = True) -> Path:
-    """Run in a subprocess, SIGKILL it once `kill_when(work)` holds, then resume in this process."""
+def _killed_then_resumed(setup, tmp_path: Path, kill_when, expect_resume_state: bool = True,
+                         damage=None) -> Path:
+    """Run in a subprocess, SIGKILL it once `kill_when(work)` holds, then resume in this process (after
+    `damage(work)`, when given)."""
     work = tmp_path / "work"
     work.mkdir()
     spec_file = tmp_path / "spec.json"
@@ -111,6 +113,8 @@ def _killed_then_resumed(setup, tmp_path: Path, kill_when, expect_resume_state: 
     assert "FINISHED" not in proc.stdout.read()
     assert not (work / "result.json").exists()  # it really was interrupted
     assert (work / RESUME_FILE).exists() == expect_resume_state  # the kill landed where the test meant it to
+    if damage is not None:
+        damage(work)
     result = train_run(setup["spec"], work, setup["tokens"], threads=1, resume_every=10)
     assert result["steps_done"] == 40 and not result["diverged"]
     return work
@@ -167,6 +171,31 @@ def test_sigkill_before_any_resume_point_restarts_cleanly(setup, tmp_path: Path)
                                 lambda w: (w / "log.jsonl").exists() and (w / "log.jsonl").stat().st_size > 0,
                                 expect_resume_state=False)
     _assert_same_as_straight(setup, work)
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(setup, tmp_path: Path, capsys) -> None:
+    """A write cut short (a full disk, a kill mid-line) leaves half a record at the end of log.jsonl: the resumed
+    run drops it with one warning and ends identical to an uninterrupted one."""
+    def tear(work: Path) -> None:
+        with (work / "log.jsonl").open("ab") as fh:
+            fh.write(b'{"step": 20, "loss": 4.')  # no newline: the record was never finished
+
+    work = _killed_then_resumed(setup, tmp_path, lambda w: (w / RESUME_FILE).exists(), damage=tear)
+    _assert_same_as_straight(setup, work)
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if "torn" in ln]
+    assert len(warnings) == 1 and str(work / "log.jsonl") in warnings[0] and "23 bytes" in warnings[0]
+
+
+def test_a_torn_validation_log_keeps_its_complete_records(tmp_path: Path, capsys) -> None:
+    from specscale.train.train import _logged_steps_in, _truncate_log
+
+    log = tmp_path / "val_log.jsonl"
+    complete = b'{"step": 0, "val_loss": 5.0, "val_tokens": 64}\n{"step": 30, "val_loss": 4.0, "val_tokens": 64}\n'
+    log.write_bytes(complete + b'{"step": 40, "val_lo')
+    _truncate_log(log, 40)
+    assert log.read_bytes() == complete and _logged_steps_in(log) == {0, 30}
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "val_log.jsonl: dropped its torn end (20 bytes" in out[0] and "(step 30)" in out[0]
 
 
 def _write_resume_state(spec: dict, tokens: Path, work: Path, step: int) -> None:

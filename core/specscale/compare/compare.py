@@ -4,10 +4,11 @@ module reads their inputs, lists the tables (COMPARE_TABLES, one entry each) and
 
 Outputs (results/compare/, every file always written, empty when its family is not in the sweep):
   groups.csv                one row per group: optimizer (with arm overrides), seed, varied, family, display label
-  arch_vs_optimizer.csv     |β_ablated − β_base| vs the optimizer gain, one row per comparison (+ .json: k of n,
-                            exceptions, missing, skipped); optimizer_gain.csv: the gains
+  arch_vs_optimizer.csv     |β_ablated − β_base| vs the optimizer gain, one row per comparison, every β on the widths
+                            the ablation and its base share (+ .json: k of n, exceptions, missing, skipped);
+                            optimizer_gain.csv: the gains on each base group's own widths
   matched_loss_ppl.csv      groups differing only in train.steps: perplexity per width beside the base group
-  matched_loss_beta.csv     ... and their β side by side
+  matched_loss_beta.csv     ... and their β side by side, on the widths they share
   ppl_by_width.csv          validation perplexity per run (+ ppl_table.csv: group × width, × = diverged)
   postln.csv                partial PostLN: optimizer × fraction, perplexity or ×
   renyi.csv                 pre rank, post rank and ρ_α per run, bucket and α
@@ -103,16 +104,21 @@ class CompareInputs:
         return read_csv(self.results / "betas_seeds.csv")
 
     @cached_property
+    def shared(self) -> pd.DataFrame:
+        """β refitted on the widths a group shares with groups of other widths (the fit stage's betas_shared.csv)."""
+        return read_csv(self.results / "betas_shared.csv")
+
+    @cached_property
     def groups(self) -> pd.DataFrame:
         return cmp.group_table(self.runs)
 
     @cached_property
     def arch(self) -> cmp.ArchComparison:
-        return cmp.compare_arch_vs_optimizer(self.betas, self.groups, self.reference)
+        return cmp.compare_arch_vs_optimizer(self.betas, self.groups, self.reference, shared=self.shared)
 
     @cached_property
     def matched(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        return cmp.matched_loss(self.runs, self.betas, self.groups)
+        return cmp.matched_loss(self.runs, self.betas, self.groups, self.shared)
 
     @cached_property
     def ppl(self) -> pd.DataFrame:

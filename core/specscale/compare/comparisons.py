@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from specscale.compare.widths import WidthBetas, group_widths, widths_text
 from specscale.tokens.sets import BUCKET_NAMES
 from specscale.measure.registry import FIT_METRICS, RENYI_PREFIX, is_renyi, renyi_order
 from specscale.study.labels import fmt_value
@@ -63,7 +64,8 @@ def family_of(varied: dict[str, Any]) -> str:
 
 def group_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per group: optimizer, optimizer overrides of its arm (`optim_extra`, from the plan; '' if none), seed,
-    varied, family, setting, display label, steps, widths trained."""
+    varied, family, setting, display label, steps, widths trained (n_widths, max_width) and the widths its β is
+    fitted on (`widths`: its measured runs', e.g. '1,2,4')."""
     runs = runs.copy()
     if "optim_extra" not in runs:
         runs["optim_extra"] = ""
@@ -73,6 +75,7 @@ def group_table(runs: pd.DataFrame) -> pd.DataFrame:
         varied=("varied", "first"), group_label=("group_label", "first"), steps=("steps", "first"),
         seed_group=("seed_group", "first"),
         n_widths=("width_mult", "nunique"), max_width=("width_mult", "max")).reset_index()
+    agg["widths"] = agg["group"].map(group_widths(runs)).fillna("")
     agg["varied_d"] = agg["varied"].map(parse_varied)
     agg["family"] = agg["varied_d"].map(family_of)
     agg["optim_label"] = [f"{o} {e}".strip() for o, e in zip(agg["optimizer"], agg["optim_extra"])]
@@ -98,16 +101,6 @@ def headline(betas: pd.DataFrame, site: str = "post", phase: str = "trained") ->
 def with_groups(df: pd.DataFrame, groups: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     """df joined with the group table's `cols` (the group table wins over any same-named column of df)."""
     return df.drop(columns=[c for c in cols if c in df.columns]).join(groups.set_index("group")[cols], on="group")
-
-
-def _cells(sel: pd.DataFrame) -> dict[tuple[str, str, str], tuple[float, str]]:
-    """(group, bucket, metric) → (β, reason); β is NaN for a cell that was not fitted."""
-    out = {}
-    for r in sel.itertuples():
-        fitted = bool(r.fitted) and np.isfinite(r.beta)
-        reason = "" if fitted else f"not fitted: {r.reason if isinstance(r.reason, str) and r.reason else 'NaN'}"
-        out[(r.group, r.bucket, r.metric)] = (float(r.beta) if fitted else math.nan, reason)
-    return out
 
 
 @dataclass
@@ -153,28 +146,44 @@ def optimizer_gain(betas: pd.DataFrame, groups: pd.DataFrame, reference: str) ->
                                        "reason"])
 
 
+def _gain_on(lookup: WidthBetas, base: pd.DataFrame, reference: str, seed: int, bucket: str, metric: str,
+             widths: frozenset[int]) -> tuple[float, str]:
+    """max_o β_o − β_reference over the base groups of one seed, every β on `widths` (optimizer_gain's definition)."""
+    betas = {r.optim_label: lookup.beta(r.group, bucket, metric, widths)[0] for r in base[base["seed"] == seed]
+             .itertuples()}
+    ok = {k: v for k, v in betas.items() if np.isfinite(v)}
+    if not ok:
+        return math.nan, "no base β to compute it"
+    if reference not in ok:
+        return math.nan, f"reference optimizer {reference} not fitted"
+    return max(ok.values()) - ok[reference], ""
+
+
 def compare_arch_vs_optimizer(betas: pd.DataFrame, groups: pd.DataFrame, reference: str = "adamw",
-                              counted_buckets: tuple[str, ...] = COUNTED_BUCKETS) -> ArchComparison:
+                              counted_buckets: tuple[str, ...] = COUNTED_BUCKETS,
+                              shared: pd.DataFrame | None = None) -> ArchComparison:
     """For every architectural ablation group, bucket and metric (post site, trained): |β_ablated − β_base| against
-    the optimizer gain of the same seed, bucket and metric."""
+    the optimizer gain of the same seed, bucket and metric, every β fitted on the widths the ablation and its base
+    share (`widths`; a base's refit on fewer widths comes from `shared`, results/betas_shared.csv)."""
     gains = optimizer_gain(betas, groups, reference)
-    gain_of = {(r.seed, r.bucket, r.metric): (r.gain, r.reason) for r in gains.itertuples()}
     sel = headline(betas)
-    cells = _cells(sel)
+    lookup = WidthBetas(sel, shared, groups)
     buckets = sorted(sel["bucket"].unique(), key=lambda b: (b not in counted_buckets, b))
     bases = base_lookup(groups)
+    base_groups = groups[groups["family"] == "base"]
     rows, skipped = [], []
     for g in groups[groups["family"] == "arch"].itertuples():
         if g.n_widths < MIN_WIDTHS:
             skipped.append(f"{g.display}: {g.n_widths} width(s), not a scaling-law fit")
             continue
         base = bases.get((g.optim_label, int(g.seed)))
+        widths = lookup.common(g.group, base)
         for bucket in buckets:
             for metric in FIT_METRICS:
-                b_abl, why_abl = cells.get((g.group, bucket, metric), (math.nan, "absent"))
-                b_base, why_base = cells.get((base, bucket, metric), (math.nan, "absent")) if base else (
+                b_abl, why_abl = lookup.beta(g.group, bucket, metric, widths)
+                b_base, why_base = lookup.beta(base, bucket, metric, widths) if base else (
                     math.nan, "no base group with the same optimizer settings")
-                gain, why_gain = gain_of.get((int(g.seed), bucket, metric), (math.nan, "no base β to compute it"))
+                gain, why_gain = _gain_on(lookup, base_groups, reference, int(g.seed), bucket, metric, widths)
                 checks = (("ablated", why_abl, b_abl), ("base", why_base, b_base), ("gain", why_gain, gain))
                 reasons = [f"{who}: {why}" for who, why, val in checks if not np.isfinite(val)]
                 shift = abs(b_abl - b_base)
@@ -187,9 +196,11 @@ def compare_arch_vs_optimizer(betas: pd.DataFrame, groups: pd.DataFrame, referen
                 rows.append({"ablation": setting_of(g.varied_d), "optimizer": g.optim_label, "seed": int(g.seed),
                              "bucket": bucket, "metric": metric, "beta_ablated": b_abl, "beta_base": b_base,
                              "arch_shift": shift, "optimizer_gain": gain, "status": status,
-                             "counted": bucket in counted_buckets, "reason": "; ".join(reasons)})
+                             "counted": bucket in counted_buckets, "widths": widths_text(widths),
+                             "reason": "; ".join(reasons)})
     table = pd.DataFrame(rows, columns=["ablation", "optimizer", "seed", "bucket", "metric", "beta_ablated",
-                                        "beta_base", "arch_shift", "optimizer_gain", "status", "counted", "reason"])
+                                        "beta_base", "arch_shift", "optimizer_gain", "status", "counted", "widths",
+                                        "reason"])
     counted = table[table["counted"].astype(bool)]  # astype: an empty object column would select columns
     present = counted[counted["status"] != "missing"]
     return ArchComparison(table=table, gains=gains, k=int((present["status"] == "exceeds").sum()), n=len(present),
@@ -251,14 +262,17 @@ def postln_table(runs: pd.DataFrame, groups: pd.DataFrame, threshold: float = DI
     return wide.reset_index()
 
 
-def matched_loss(runs: pd.DataFrame, betas: pd.DataFrame, groups: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def matched_loss(runs: pd.DataFrame, betas: pd.DataFrame, groups: pd.DataFrame,
+                 shared: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Groups that differ from a base group only in train.steps: (perplexity per width, β side by side).
     Each is also set beside the other base optimizer whose perplexity is closest (geometric mean over the widths both
-    have): equal loss, different β is the paper's point."""
+    have): equal loss, different β is the paper's point. Every β of a row is fitted on the widths all its groups
+    share (`widths`; refits from `shared`, results/betas_shared.csv)."""
     bases = base_lookup(groups)
     info = groups.set_index("group")
     ppl_rows, beta_rows = [], []
     cells = {(r.group, r.bucket, r.metric): r for r in headline(betas).itertuples()}
+    lookup = WidthBetas(headline(betas), shared, groups)
     for g in groups[groups["family"] == "steps"].itertuples():
         base = bases.get((g.optim_label, int(g.seed)))
         if base is None:
@@ -280,15 +294,16 @@ def matched_loss(runs: pd.DataFrame, betas: pd.DataFrame, groups: pd.DataFrame) 
                 ppl_rows.append({"pair": g.display, "role": role, "display": info.loc[grp, "display"],
                                  "steps": r.steps, "width_mult": r.width_mult, "val_ppl": r.val_ppl,
                                  "diverged": bool(r.diverged)})
-        for (grp_key, bucket, metric), r in cells.items():
+        widths = lookup.common(*(grp for _, grp in roles))
+        for grp_key, bucket, metric in cells:
             if grp_key != g.group:
                 continue
             row = {"pair": g.display, "bucket": bucket, "metric": metric}
             for role, grp in roles:
-                c = cells.get((grp, bucket, metric))
-                row[f"beta_{role}"] = float(c.beta) if c is not None and c.fitted else math.nan
-                row[f"r2_{role}"] = float(c.r2) if c is not None and c.fitted else math.nan
+                row[f"beta_{role}"] = lookup.beta(grp, bucket, metric, widths)[0]
+                row[f"r2_{role}"] = lookup.r2(grp, bucket, metric, widths)
             row["closest_ppl"] = info.loc[closest, "display"] if closest else ""
+            row["widths"] = widths_text(widths)
             row["diff_long_minus_base"] = row["beta_long"] - row["beta_base"]
             beta_rows.append(row)
     return pd.DataFrame(ppl_rows), pd.DataFrame(beta_rows)

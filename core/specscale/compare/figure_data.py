@@ -114,9 +114,69 @@ def gap_training_data(gaps_steps: pd.DataFrame, site: str = "post") -> pd.DataFr
         return pd.DataFrame()
     sel = gaps_steps[(gaps_steps["site"] == site) & gaps_steps["metric"].isin(FIT_METRICS)
                      & (gaps_steps["setting"].fillna("") == "") & (gaps_steps["step"] > 0)]
+    has_band = "diff_adj_low" in sel.columns  # the band simultaneous over the kept steps (fit/claims.py)
     return pd.DataFrame([{"comparison": r.comparison, "bucket": r.bucket, "metric": METRIC_NAMES[r.metric],
                           "tokens": float(r.tokens), "step": int(r.step), "diff": r.diff, "low": r.diff_ci95_low,
-                          "high": r.diff_ci95_high, "n_seeds": int(min(r.n_seeds, r.n_seeds_ref))}
+                          "high": r.diff_ci95_high, "n_seeds": int(min(r.n_seeds, r.n_seeds_ref)),
+                          "band_low": r.diff_adj_low if has_band else math.nan,
+                          "band_high": r.diff_adj_high if has_band else math.nan}
                          for r in sel.itertuples()],
                         columns=["comparison", "bucket", "metric", "tokens", "step", "diff", "low", "high",
-                                 "n_seeds"])
+                                 "n_seeds", "band_low", "band_high"])
+
+
+def beta_training_seed_points(steps: pd.DataFrame, site: str = "post") -> pd.DataFrame:
+    """Each seed's own β at every kept step > 0 (betas_steps.csv), base architecture and step-count arms: the points
+    drawn beside the seed mean and band of the β-over-training figure (display = the seed group's config)."""
+    if steps.empty:
+        return pd.DataFrame(columns=["display", "bucket", "metric", "tokens", "step", "seed", "beta"])
+    sel = steps[(steps["site"] == site) & steps["metric"].isin(FIT_METRICS) & steps["fitted"].astype(bool)
+                & (steps["step"] > 0) & steps["varied"].map(_base_or_steps)]
+    return pd.DataFrame({"display": sel["config"], "bucket": sel["bucket"], "metric": sel["metric"].map(METRIC_NAMES),
+                         "tokens": sel["tokens"].astype(float), "step": sel["step"].astype(int),
+                         "seed": sel["seed"].astype(int), "beta": sel["beta"].astype(float)})
+
+
+def layer_beta_data(per_layer: pd.DataFrame, runs: pd.DataFrame, site: str = "post") -> pd.DataFrame:
+    """Trained β fitted on each layer separately (betas_per_layer.csv), averaged over the seeds of a configuration:
+    one cell per configuration, layer, bucket and metric (n_seeds: how many seeds the cell averages)."""
+    if per_layer.empty or runs.empty:
+        return pd.DataFrame(columns=["display", "layer", "bucket", "metric", "beta", "n_seeds"])
+    config = runs.drop_duplicates("group").set_index("group")["config"]
+    sel = per_layer[(per_layer["phase"] == "trained") & (per_layer["site"] == site)
+                    & per_layer["metric"].isin(FIT_METRICS) & per_layer["fitted"].astype(bool)]
+    sel = sel.assign(display=sel["group"].map(config), metric=sel["metric"].map(METRIC_NAMES))
+    out = sel.groupby(["display", "layer", "bucket", "metric"])["beta"].agg(["mean", "count"]).reset_index()
+    return out.rename(columns={"mean": "beta", "count": "n_seeds"})
+
+
+def loss_curve_data(curves: pd.DataFrame) -> pd.DataFrame:
+    """Training loss against tokens per configuration and width: the mean over seeds (loss) and the lowest and
+    highest seed (low, high; equal with one seed) at every kept step every seed logged."""
+    if curves.empty:
+        return pd.DataFrame(columns=["display", "width_mult", "step", "tokens", "loss", "low", "high", "n_seeds"])
+    finite = curves[np.isfinite(curves["loss"])]
+    out = finite.groupby(["config", "width_mult", "step", "tokens"])["loss"].agg(
+        ["mean", "min", "max", "count"]).reset_index()
+    return out.rename(columns={"config": "display", "mean": "loss", "min": "low", "max": "high", "count": "n_seeds"})
+
+
+OVER_TRAINING_FAMILY = "over training"  # fit/claims.py OVER_TRAINING: families of one curve over the kept steps
+
+
+def claims_forest_data(claims: pd.DataFrame) -> pd.DataFrame:
+    """results/claims.csv as the forest plot draws it: one row per claim and interval kind (raw: lo–hi; adjusted
+    for its family: lo_adj–hi_adj, where the family has one), the primary endpoint flagged. Claims over training
+    (one per kept step) are left to the Δβ-over-training figure, which draws their simultaneous band."""
+    if claims.empty:
+        return pd.DataFrame(columns=["claim", "family", "estimate", "interval", "low", "high", "primary", "verdict"])
+    rows = []
+    for c in claims[~claims["family"].astype(str).str.startswith(OVER_TRAINING_FAMILY)].itertuples():
+        for kind, lo, hi in (("unadjusted", c.lo, c.hi), ("family-adjusted", c.lo_adj, c.hi_adj)):
+            if not (pd.notna(lo) and pd.notna(hi)) or not pd.notna(c.estimate):
+                continue
+            rows.append({"claim": c.claim, "family": c.family, "estimate": float(c.estimate), "interval": kind,
+                         "low": float(lo), "high": float(hi), "primary": c.family == "primary",
+                         "verdict": c.verdict})
+    return pd.DataFrame(rows, columns=["claim", "family", "estimate", "interval", "low", "high", "primary",
+                                       "verdict"])

@@ -13,8 +13,11 @@ Outputs (results/):
   betas_per_layer.csv the same fit on each layer's medians (does the layer median hide disagreement?)
   betas_seeds.csv     across seeds: mean β and a t-interval over seeds (only when the sweep has ≥ 2 seeds)
   val_steps.csv       validation loss/perplexity at every kept checkpoint (runs with train.checkpoint_val_tokens > 0)
+  train_curves.csv    training loss over steps of every run (block means of log.jsonl, curves.py)
   betas_steps.csv, betas_steps_seeds.csv, beta_gaps.csv, beta_gaps_steps.csv: β at every kept step, its seed means,
-                      and each optimizer minus the reference with an across-seed interval (specscale.fit.seed_stats)
+                      and each optimizer minus the reference over seeds, on shared widths (specscale.fit.seed_stats)
+  betas_shared.csv    each group refitted on the widths it shares with a group of other widths (fit.shared_widths)
+  claims.csv          every difference the report states, with its test, family and verdict (specscale.fit.claims)
   betas.json          headline β (post site) for `dvc metrics`; perplexity.json likewise
 """
 
@@ -28,16 +31,19 @@ from typing import Any
 
 import pandas as pd
 
+from specscale.fit.curves import train_curves
 from specscale.store.runs import RESULT_FILE, VAL_LOG_FILE, RunStore, stable_hash
 from specscale.fit.laws import aggregate_checkpoints_and_layers, bootstrap_beta, fit_points, soft_minus_hard
 from specscale.store.fingerprint import mixed_files
 from specscale.study.plan import StudyPlan
 from specscale.study.labels import optim_extras
-from specscale.fit.seed_stats import betas_per_step, optimizer_gaps, seed_means
+from specscale.fit.claims import Primary, claim_tables, seeds_with_step0
+from specscale.fit.seed_stats import betas_per_step, rank_points, seed_means, step_points
+from specscale.fit.shared_widths import shared_width_fits
 from specscale.measure.metrics import MIN_N_OVER_D, tail_integrity_index
 from specscale.measure.registry import (BETAS_TABLE, FIT_METRICS, RENYI_PREFIX, SPECTRUM_COLUMNS, display_name,
                                         is_renyi, shown_in, unknown_columns)
-from specscale.study.spec import RHO_AGGREGATIONS
+from specscale.study.spec import RHO_AGGREGATIONS, PrimarySpec
 
 GROUP_KEYS = ["group", "phase", "bucket", "site", "metric"]  # one β per combination
 BETA_COLUMNS = [*GROUP_KEYS, "beta", "ci95_low", "ci95_high", "r2", "n_widths", "fitted", "reason", "intercept", "se",
@@ -293,20 +299,25 @@ def fit_seeds(betas: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_seed_tables(long: pd.DataFrame, runs: pd.DataFrame, betas: pd.DataFrame, reference: str, kind: str,
-                      out: Path) -> None:
-    """betas_steps.csv, betas_steps_seeds.csv, beta_gaps.csv and beta_gaps_steps.csv (specscale.fit.seed_stats)."""
+                      out: Path, ranks: pd.DataFrame | None = None, primary: PrimarySpec | None = None,
+                      site: str = "post") -> None:
+    """betas_steps, betas_steps_seeds, betas_seeds, beta_gaps, beta_gaps_steps and claims (.csv). ranks: ranks.csv, to
+    refit both sides of a comparison on shared widths (None: no refit); primary: fit.primary (None: its default)."""
     steps = betas_per_step(long, runs)
     steps.to_csv(out / "betas_steps.csv", index=False)
-    step_keys = ["step", "bucket", "site", "metric"]
     seed_cols = ["seed_group", "step", "tokens", "bucket", "site", "metric"]
     (seed_means(steps, seed_cols) if not steps.empty else pd.DataFrame()).to_csv(out / "betas_steps_seeds.csv",
                                                                                  index=False)
-    optimizer_gaps(betas, runs, reference, ["phase", "bucket", "site", "metric"], kind).to_csv(
-        out / "beta_gaps.csv", index=False)
-    gaps = optimizer_gaps(steps, runs, reference, step_keys, kind) if not steps.empty else pd.DataFrame()
+    tables = claim_tables(betas, steps, runs, reference, kind, Primary.from_spec(primary or PrimarySpec()), site,
+                          None if ranks is None else rank_points(ranks, runs),
+                          None if steps.empty else step_points(long, runs))
+    seeds_with_step0(fit_seeds(betas), tables.step0).to_csv(out / "betas_seeds.csv", index=False)
+    tables.gaps.to_csv(out / "beta_gaps.csv", index=False)
+    gaps = tables.gaps_steps
     if not gaps.empty:
         gaps["tokens"] = gaps["step"] * gaps["tokens_per_step"]
     gaps.to_csv(out / "beta_gaps_steps.csv", index=False)
+    tables.claims.to_csv(out / "claims.csv", index=False)
 
 
 def add_delta_column(betas: pd.DataFrame) -> pd.DataFrame:
@@ -337,6 +348,7 @@ def write_fit_results(plan: StudyPlan, store: RunStore, out: Path) -> int:
         return 1
     runs.to_csv(out / "runs.csv", index=False)
     val_steps(runs, store).to_csv(out / "val_steps.csv", index=False)
+    train_curves(runs, store).to_csv(out / "train_curves.csv", index=False)
     ppl = {r.label: {"val_ppl": None if r.diverged else round(float(r.val_ppl), 3), "diverged": bool(r.diverged)}
            for r in runs.itertuples()}
     (out / "perplexity.json").write_text(json.dumps(ppl, indent=2, sort_keys=True))
@@ -358,8 +370,9 @@ def write_fit_results(plan: StudyPlan, store: RunStore, out: Path) -> int:
     warn_mixed(betas)
     betas.to_csv(out / "betas.csv", index=False)
     fit_per_layer(layers, runs).to_csv(out / "betas_per_layer.csv", index=False)
-    fit_seeds(betas).to_csv(out / "betas_seeds.csv", index=False)
-    write_seed_tables(long, runs, betas, str(fit_cfg.reference_optimizer), str(fit_cfg.gap_interval), out)
+    write_seed_tables(long, runs, betas, str(fit_cfg.reference_optimizer), str(fit_cfg.gap_interval), out, ranks,
+                      fit_cfg.primary, str(fit_cfg.headline_site))
+    shared_width_fits(ranks, runs, GROUP_KEYS[1:], FIT_METRICS).to_csv(out / "betas_shared.csv", index=False)
     (out / "betas.json").write_text(json.dumps(headline_json(betas, fit_cfg.headline_site), indent=2, sort_keys=True))
     print_beta_table(betas, fit_cfg.headline_site)
     return 0

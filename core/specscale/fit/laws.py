@@ -175,16 +175,21 @@ def bootstrap_beta(
     if any(s.size == 0 or np.any(~np.isfinite(s)) or np.any(s <= 0) for s in sets):
         raise ValueError("every width needs >= 1 finite positive layer value")
     point = ols_loglog(x, [np.median(s) for s in sets], level=level).beta
-    rng = np.random.default_rng(seed)
-    # log-median per width per replicate: shape (n_boot, n_widths)
-    log_med = np.empty((n_boot, x.size))
-    for i, s in enumerate(sets):
-        idx = rng.integers(0, s.size, size=(n_boot, s.size))
-        log_med[:, i] = np.log(np.median(s[idx], axis=1))
     lx = np.log(x)
     dx = lx - lx.mean()
-    slopes = (log_med - log_med.mean(axis=1, keepdims=True)) @ dx / float(dx @ dx)  # (n_boot,)
-    lo, hi = np.percentile(slopes, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
+
+    def slope(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        """OLS slope of the log-median per width; scipy hands every replicate at once (vectorized)."""
+        log_med = np.stack([np.log(np.median(s, axis=axis)) for s in samples], axis=-1)
+        return (log_med - log_med.mean(axis=-1, keepdims=True)) @ dx / float(dx @ dx)
+
+    # scipy resamples each width's layers independently (one sample per width), drawing from the generator in the
+    # order the hand-written loop did, so the interval is the same to the bit for the same seed (tested). scipy wants
+    # two observations a sample: a width with one layer resamples to that value either way, so it is doubled.
+    sets = [np.repeat(s, 2) if s.size == 1 else s for s in sets]
+    res = stats.bootstrap(sets, slope, n_resamples=n_boot, confidence_level=level, method="percentile",
+                          vectorized=True, rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
     return BootstrapResult(point, float(lo), float(hi), int(n_boot), level)
 
 
@@ -200,7 +205,7 @@ class SeedInterval:
 
 
 def seed_mean_interval(betas: ArrayLike, level: float = 0.95) -> SeedInterval:
-    """Mean of β across seeds with a t-interval (n − 1 dof): mean ± t((1+level)/2, n−1)·sd/√n.
+    """Mean of β across seeds with a t-interval (n − 1 dof): mean ± t((1+level)/2, n−1)·sd/√n (scipy's ttest_1samp).
 
     With fewer than 2 finite values no interval exists: ``computed=False`` (the mean of a single seed is still given).
     """
@@ -212,8 +217,10 @@ def seed_mean_interval(betas: ArrayLike, level: float = 0.95) -> SeedInterval:
         return SeedInterval(mean, math.nan, math.nan, math.nan, n, False, f"need >= 2 seeds, have {n}")
     mean = float(b.mean())
     sd = float(b.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2.0, n - 1)) * sd / math.sqrt(n)
-    return SeedInterval(mean, mean - half, mean + half, sd, n, True)
+    if sd == 0.0:  # every seed gave the same β: scipy's t is 0/0, the interval is the point
+        return SeedInterval(mean, mean, mean, sd, n, True)
+    ci = stats.ttest_1samp(b, 0.0).confidence_interval(confidence_level=level)
+    return SeedInterval(mean, float(ci.low), float(ci.high), sd, n, True)
 
 
 def _ci_names(level: float) -> tuple[str, str]:

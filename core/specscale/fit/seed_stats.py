@@ -5,8 +5,12 @@ Tables (written by the fit stage, results/):
   betas_steps.csv        per group × step × bucket × site × metric: β over widths of the layer medians at that step
   betas_steps_seeds.csv  the same per seed group (groups equal but for the seed): mean β and a t-interval over seeds
   beta_gaps.csv          per arm × optimizer × phase × bucket × site × metric: β(optimizer) − β(reference), the
-                         mean over seeds of each side, and a 95% interval over seeds (fit.gap_interval)
+                         mean over seeds of each side, a 95% interval over seeds (fit.gap_interval) and its p-value,
+                         each seed's β (seed_betas, seed_betas_ref) and the widths both sides were fitted on
   beta_gaps_steps.csv    the same at every kept step
+
+Both sides of a difference are fitted on the widths they share (specscale.fit.shared_widths): when a group of either
+side lacks a width the others have, every group of the comparison is refitted without it.
 
 A seed group's "context" is the arm that asked for it and the arm's varied values: two optimizers are compared only
 inside one context (an arm with its own lrs is compared within itself, never against the main sweep's runs).
@@ -22,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from specscale.fit.laws import fit_points, seed_mean_interval
+from specscale.fit.shared_widths import MIN_SHARED, Widths, common_widths, group_widths, refit, widths_label
 from specscale.measure.registry import FIT_METRICS
 from specscale.study.spec import GAP_INTERVALS
 
@@ -36,15 +41,28 @@ def layer_medians_per_step(long: pd.DataFrame) -> pd.DataFrame:
     return sel.groupby(["run", "step", "bucket", "site", "metric"])["value"].median().reset_index()
 
 
+def step_points(long: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The points of the per-step fits: layer_medians_per_step with each run's group, ffn_dim and width_mult."""
+    info = runs.set_index("run")
+    per_step = layer_medians_per_step(long).join(info[["group", "ffn_dim", "width_mult"]], on="run")
+    return per_step.sort_values("ffn_dim", kind="stable")  # same OLS summation order every time
+
+
+def rank_points(ranks: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The points of the trained and step-0 fits (ranks.csv's per-run medians of the metrics with a β), with each
+    run's group, ffn_dim and width_mult: what a comparison refits on shared widths."""
+    info = runs.drop_duplicates("run").set_index("run")[["group", "ffn_dim", "width_mult"]]
+    sel = ranks[ranks["metric"].isin(FIT_METRICS)][["run", "phase", "bucket", "site", "metric", "median"]]
+    return sel.join(info, on="run").sort_values("ffn_dim", kind="stable")
+
+
 def betas_per_step(long: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """β (OLS of ln rank on ln D over widths) at every kept step of every group, from the layer medians of that step.
     A step enters a group's fit only with the widths that logged it; n_widths says how many. Columns: STEP_KEYS, β and
     its OLS interval, r2, n_widths, fitted, tokens (step × tokens per optimizer step) and the group's labels."""
     if long.empty or runs.empty:
         return pd.DataFrame()
-    info = runs.set_index("run")
-    per_step = layer_medians_per_step(long).join(info[["group", "ffn_dim"]], on="run")
-    per_step = per_step.sort_values("ffn_dim", kind="stable")  # same OLS summation order every time
+    per_step = step_points(long, runs)
     betas = fit_points(per_step, STEP_KEYS, width_col="ffn_dim", value_col="value")
     labels = runs.drop_duplicates("group").set_index("group")[
         ["group_label", "config", "optimizer", "seed", "seed_group", "arms", "varied", "steps", "tokens_per_step"]]
@@ -70,7 +88,8 @@ def seed_means(betas: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Gap:
-    """β(optimizer) − β(reference) over seeds: means, difference, its 95% interval and the ns on each side."""
+    """β(optimizer) − β(reference) over seeds: means, difference, its interval, the ns on each side and the test's
+    two-sided p-value (NaN without an interval)."""
 
     mean: float
     ref_mean: float
@@ -79,11 +98,19 @@ class Gap:
     high: float
     n: int
     n_ref: int
+    p: float = math.nan
+
+
+def _flat(diff: float) -> tuple[float, float, float]:
+    """(low, high, p) when no seed differs from another: the interval is the point and any difference is certain
+    (scipy's t would be 0/0 or ±∞)."""
+    return diff, diff, 0.0 if diff != 0.0 else 1.0
 
 
 def gap_interval(values: dict[int, float], ref: dict[int, float], kind: str = "welch", level: float = 0.95) -> Gap:
-    """values, ref: seed → β. welch: the two seed samples as independent (Welch–Satterthwaite dof); paired: the
-    per-seed differences over the seeds both sides have (a t-interval on n − 1 dof). No interval with < 2 seeds."""
+    """values, ref: seed → β. welch: the two seed samples as independent (scipy's ttest_ind, equal_var=False:
+    Welch–Satterthwaite dof); paired: the per-seed differences over the seeds both sides have (ttest_rel, n − 1 dof).
+    The interval is the test's confidence interval at `level`. No interval with < 2 seeds."""
     if kind not in GAP_INTERVALS:
         raise ValueError(f"fit.gap_interval {kind!r} is not one of {', '.join(GAP_INTERVALS)}")
     a = np.array([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
@@ -92,19 +119,35 @@ def gap_interval(values: dict[int, float], ref: dict[int, float], kind: str = "w
     ref_mean = float(b.mean()) if b.size else math.nan
     if kind == "paired":
         common = sorted(s for s in set(values) & set(ref) if math.isfinite(values[s]) and math.isfinite(ref[s]))
-        s = seed_mean_interval([values[k] - ref[k] for k in common], level)
-        return Gap(mean, ref_mean, s.mean if common else mean - ref_mean, s.ci_low, s.ci_high, len(common),
-                   len(common))
+        pa, pb = np.array([values[k] for k in common]), np.array([ref[k] for k in common])
+        diff = float((pa - pb).mean()) if common else mean - ref_mean
+        if len(common) < 2:
+            return Gap(mean, ref_mean, diff, math.nan, math.nan, len(common), len(common))
+        if np.ptp(pa - pb) == 0.0:
+            low, high, p = _flat(diff)
+            return Gap(mean, ref_mean, diff, low, high, len(common), len(common), p)
+        res = stats.ttest_rel(pa, pb)
+        ci = res.confidence_interval(confidence_level=level)
+        return Gap(mean, ref_mean, diff, float(ci.low), float(ci.high), len(common), len(common), float(res.pvalue))
     diff = mean - ref_mean
     if a.size < 2 or b.size < 2:
         return Gap(mean, ref_mean, diff, math.nan, math.nan, int(a.size), int(b.size))
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if se == 0.0:  # every seed gave the same β on both sides
-        return Gap(mean, ref_mean, diff, diff, diff, int(a.size), int(b.size))
-    dof = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    half = float(stats.t.ppf(0.5 + level / 2.0, dof)) * se
-    return Gap(mean, ref_mean, diff, diff - half, diff + half, int(a.size), int(b.size))
+    if np.ptp(a) == 0.0 and np.ptp(b) == 0.0:  # every seed gave the same β on both sides
+        low, high, p = _flat(diff)
+        return Gap(mean, ref_mean, diff, low, high, int(a.size), int(b.size), p)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence_level=level)
+    return Gap(mean, ref_mean, diff, float(ci.low), float(ci.high), int(a.size), int(b.size), float(res.pvalue))
+
+
+def seed_values(text: str) -> dict[int, float]:
+    """A `seed_betas` cell ('{"0": 1.02, "1": 0.95}') back as seed → β."""
+    return {int(k): float(v) for k, v in json.loads(text).items()}
+
+
+def seed_json(values: dict[int, float]) -> str:
+    """seed → β as the text of a `seed_betas` cell (seed_values reads it back)."""
+    return json.dumps({str(int(k)): float(v) for k, v in sorted(values.items())})
 
 
 def contexts(runs: pd.DataFrame) -> pd.DataFrame:
@@ -118,40 +161,80 @@ def contexts(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "setting", "optimizer", "seed_group", "config"]).drop_duplicates()
 
 
+def _fitted(betas: pd.DataFrame) -> pd.DataFrame:
+    return betas[betas["fitted"].astype(bool) & betas["metric"].isin(FIT_METRICS)]
+
+
+@dataclass(frozen=True)
+class SharedFits:
+    """What a comparison refits on its shared widths: the groups' own widths, the per-run points (None: no refit)
+    and their value column, and each group's seed and seed group."""
+
+    widths: dict[str, Widths]
+    points: pd.DataFrame | None
+    value_col: str
+    seeds: pd.DataFrame  # index group: seed, seed_group
+
+    def tables(self, tables: dict[str, pd.DataFrame], seed_groups: tuple[str, str], keys: list[str]
+               ) -> tuple[list[pd.DataFrame], str]:
+        """Both seed groups' fitted β on the widths all their groups share, and those widths as text. Unchanged
+        where every group has exactly the shared widths; [] when fewer than MIN_SHARED are shared; without points,
+        the fits as they are and each side's width sets ('1,2,4/1,2,4,8 vs 1,2,4,8')."""
+        members = [list(self.seeds.index[self.seeds["seed_group"] == sg]) for sg in seed_groups]
+        shared = common_widths([g for m in members for g in m], self.widths)
+        own = [tables[sg] for sg in seed_groups]
+        if all(self.widths.get(g) == shared for m in members for g in m):
+            return own, widths_label(shared)
+        if self.points is None:
+            sides = ["/".join(sorted({widths_label(self.widths.get(g, frozenset())) for g in m})) for m in members]
+            return own, " vs ".join(sides)  # '1,2,4/1,2,4,8 vs 1,2,4,8': a seed of the first side lacks k = 8
+        if len(shared) < MIN_SHARED:
+            return [], widths_label(shared)
+        fits = refit(self.points, [g for m in members for g in m], shared, keys, self.value_col)
+        fits = _fitted(fits.join(self.seeds, on="group"))
+        return [fits[fits["seed_group"] == sg] for sg in seed_groups], widths_label(shared)
+
+
 def optimizer_gaps(betas: pd.DataFrame, runs: pd.DataFrame, reference: str, keys: list[str],
-                   kind: str = "welch") -> pd.DataFrame:
+                   kind: str = "welch", points: pd.DataFrame | None = None, value_col: str = "median") -> pd.DataFrame:
     """Per arm and setting that trained `reference`, per other optimizer of that arm and per `keys` (e.g. phase,
     bucket, site, metric; or step, bucket, site, metric): β(optimizer) − β(reference) over seeds (`gap_interval`).
-    betas: one row per group and keys, with seed_group and seed (fitted soft and hard β are used)."""
-    fitted = betas[betas["fitted"].astype(bool) & betas["metric"].isin(FIT_METRICS)]
-    by_seed_group = {sg: part for sg, part in fitted.groupby("seed_group")}
+    betas: one row per group and keys, with seed_group and seed (fitted soft and hard β are used). points: the
+    per-run values the β were fitted on (group, width_mult, ffn_dim, keys, `value_col`), for refitting both sides on
+    the widths they share (SharedFits)."""
+    by_seed_group = {sg: part for sg, part in _fitted(betas).groupby("seed_group")}
+    shared = SharedFits(group_widths(runs), points, value_col,
+                        runs.drop_duplicates("group").set_index("group")[["seed", "seed_group"]])
     rows = []
     for (arm, setting), ctx in contexts(runs).groupby(["arm", "setting"], sort=True):
         refs = ctx[ctx["optimizer"] == reference]
-        if refs.empty:
+        if refs.empty or refs["seed_group"].iloc[0] not in by_seed_group:
             continue
-        ref_table, ref_config = by_seed_group.get(refs["seed_group"].iloc[0]), refs["config"].iloc[0]
-        if ref_table is None:
-            continue
-        ref_cells = {k: dict(zip(p["seed"], p["beta"])) for k, p in ref_table.groupby(keys)}
+        ref_group, ref_config = refs["seed_group"].iloc[0], refs["config"].iloc[0]
         # optimizers of one context share batch and sequence length (else they would differ in the setting)
-        extra = ({"tokens_per_step": int(ref_table["tokens_per_step"].iloc[0])}
-                 if "tokens_per_step" in ref_table else {})
+        ref_any = by_seed_group[ref_group]
+        extra = {"tokens_per_step": int(ref_any["tokens_per_step"].iloc[0])} if "tokens_per_step" in ref_any else {}
         for other in ctx[ctx["optimizer"] != reference].itertuples():
-            table = by_seed_group.get(other.seed_group)
-            if table is None:
+            if other.seed_group not in by_seed_group:
                 continue
+            sides, widths = shared.tables(by_seed_group, (other.seed_group, ref_group), keys)
+            if not sides:
+                continue
+            table, ref_table = sides
+            ref_cells = {k: dict(zip(p["seed"], p["beta"])) for k, p in ref_table.groupby(keys)}
             for key, part in table.groupby(keys):
                 ref = ref_cells.get(key)
                 if ref is None:
                     continue
-                g = gap_interval(dict(zip(part["seed"], part["beta"])), ref, kind)
+                mine = dict(zip(part["seed"], part["beta"]))
+                g = gap_interval(mine, ref, kind)
                 key = key if isinstance(key, tuple) else (key,)
                 rows.append({"arm": arm, "setting": _setting_label(setting), "optimizer": other.optimizer,
                              "reference": reference, "comparison": f"{other.config} − {ref_config}",
                              **dict(zip(keys, key)), "beta": g.mean, "beta_ref": g.ref_mean,
-                             "diff": g.diff, "diff_ci95_low": g.low, "diff_ci95_high": g.high, "n_seeds": g.n,
-                             "n_seeds_ref": g.n_ref, "interval": kind, **extra})
+                             "diff": g.diff, "diff_ci95_low": g.low, "diff_ci95_high": g.high, "p": g.p,
+                             "n_seeds": g.n, "n_seeds_ref": g.n_ref, "interval": kind, "widths": widths,
+                             "seed_betas": seed_json(mine), "seed_betas_ref": seed_json(ref), **extra})
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,7 @@ finished run made by other code (fingerprint.py) is never reused without a word:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import shutil
 import os
@@ -25,6 +26,7 @@ from submitit.helpers import Checkpointable
 from specscale.store.runs import ERROR_LOG, SPEC_FILE, RunStore, read_json, write_json
 from specscale.store.fingerprint import CodeRef, files_text
 from specscale.store.integrity import set_aside_if_damaged
+from specscale.launch.inputs import Rebuild, check_inputs, lacking_text
 from specscale.launch.slurm import ENDED, QUEUE, QUEUED_STATES
 from specscale.study.spec import ON_CODE_CHANGE, SpecError
 
@@ -202,11 +204,12 @@ def _fmt_duration(seconds: float) -> str:
 
 class Launcher:
     """Runs one stage's tasks with `run_one` (the stage table's entry point) under the launcher settings; `code` is
-    the stage's code (None: nothing fingerprinted or compared), `on_code_change` one of ON_CODE_CHANGE."""
+    the stage's code (None: nothing fingerprinted or compared), `on_code_change` one of ON_CODE_CHANGE, `rebuild`
+    runs another stage again (None: a damaged input is set aside and the runs that read it fail)."""
 
     def __init__(self, stage: str, run_one: RunOne, store: RunStore, launcher: Any,
                  echo: Callable[[str], None] | None = None, code: CodeRef | None = None,
-                 on_code_change: str = "warn") -> None:
+                 on_code_change: str = "warn", rebuild: Rebuild | None = None) -> None:
         if on_code_change not in ON_CODE_CHANGE:
             raise ValueError(f"cache.on_code_change is {on_code_change!r}, not one of {', '.join(ON_CODE_CHANGE)}")
         self.stage = stage
@@ -218,6 +221,8 @@ class Launcher:
         self._fingerprint: dict[str, str] | None = None  # today's, taken once per launch
         self._replace: set[str] = set()  # keys whose finished run is recomputed and replaced
         self.echo = echo if echo is not None else (lambda msg: print(msg, flush=True))
+        self.rebuild = rebuild  # runs an input's stage again after its damaged run was set aside (launch/inputs.py)
+        self.unwritten: list[tuple[Path, OSError]] = []  # the launcher's own files it could not write (disk full)
         self.jobs_path = store.jobs_path(stage)
         self.folder = store.root / ".submitit" / stage
 
@@ -263,12 +268,56 @@ class Launcher:
                     missing.append(task)
             self.echo(self._first_line(report, len(missing)))
             if missing:
-                for task in missing:
-                    self.store.begin(self.stage, task.key, task.spec)
+                missing = self._begin(self._with_inputs(missing, report), report)
+            if missing:
                 self._execute(missing, report)
-            self._forget(report.cached + report.computed)
+            self._own_write(self.jobs_path, lambda: self._forget(report.cached + report.computed))
         self._summarise(report)
         return report
+
+    def _with_inputs(self, missing: list[Task], report: LaunchReport) -> list[Task]:
+        """The tasks whose input runs are all finished and intact: verified in full before any is read, damaged ones
+        set aside and computed again (launch/inputs.py). Any other task fails, its log naming the input it lacks."""
+        lacking = check_inputs(self.store, self.stage, {t.key: (t.spec.get("inputs") or {}).items() for t in missing},
+                               self.rebuild, self.echo)
+        for task in missing:
+            if task.key in lacking:
+                why = lacking_text(self.store, lacking[task.key])
+                self._fail(task, report, why, self.store.work_dir(self.stage, task.key) / ERROR_LOG, why)
+        return [t for t in missing if t.key not in lacking]
+
+    def _begin(self, missing: list[Task], report: LaunchReport) -> list[Task]:
+        """Work dirs and spec.json of the tasks to run; a task whose spec cannot be written (disk full) fails."""
+        ready = []
+        for task in missing:
+            spec = self.store.work_dir(self.stage, task.key) / SPEC_FILE
+            if self._own_write(spec, lambda: self.store.begin(self.stage, task.key, task.spec)):
+                ready.append(task)
+            else:
+                self._fail(task, report, "its spec.json could not be written", None, None)
+        return ready
+
+    def _own_write(self, path: Path, write: Callable[[], Any]) -> bool:
+        """Run one of the launcher's own writes; an OSError (ENOSPC: the disk is full) is remembered and reported
+        with the failures, never a crash of the launcher: the runs' results and failures must still be listed."""
+        try:
+            write()
+            return True
+        except OSError as err:
+            self.unwritten.append((path, err))
+            self.echo(f"[{self.stage}] could not write {path}: {_os_error_text(err)}")
+            return False
+
+    def _fail(self, task: Task, report: LaunchReport, why: str, log: Path | None, text: str | None) -> None:
+        """Record a failed run and write its error log (`text`, when given); a log that cannot be written is named
+        in the failure list as such."""
+        shown = "-"
+        if log is not None and text is not None:
+            written = self._own_write(log, lambda: (log.parent.mkdir(parents=True, exist_ok=True),
+                                                    log.write_text(text)))
+            shown = str(log) if written else f"{log} (could not be written)"
+        report.failed.append((task.key, task.label, shown))
+        self.echo(f"[{self.stage}] ✗ {task.label}: {why}; log: {shown}")
 
     def _first_line(self, report: LaunchReport, n_missing: int) -> str:
         """E.g. '[train] 39 runs: 39 cached (12 made by other code: core/specscale/model/gpt.py), 0 to compute'."""
@@ -307,15 +356,15 @@ class Launcher:
         for i, task in enumerate(queue, 1):
             self.echo(f"[{self.stage}] ▶ {task.label} ({i}/{len(queue)}, in-process)")
             started = time.time()
-            log = None
             try:
                 run_task(self.run_one, self.stage, task.key, str(self.store.project_root), self._fingerprint,
                          task.key in self._replace)
-            except Exception:  # a failed run must not stop the others
-                log = self.store.work_dir(self.stage, task.key) / ERROR_LOG
-                log.write_text(traceback.format_exc())
+            except Exception as err:  # a failed run must not stop the others
                 traceback.print_exc()
-            self._finish(task, report, started, log)
+                self._fail(task, report, f"failed ({type(err).__name__}: {str(err)[:200]})",
+                           self.store.work_dir(self.stage, task.key) / ERROR_LOG, traceback.format_exc())
+                continue
+            self._finish(task, report, started, None)
 
     def _submit_array(self, queue: list[Task]) -> list[_Handle]:
         executor = make_executor(self.cfg, self.folder, self.stage)
@@ -336,7 +385,7 @@ class Launcher:
         executor = make_executor(self.cfg, self.folder, self.stage)
         job = executor.submit(run_task, self.run_one, self.stage, task.key, str(self.store.project_root), self.code,
                               task.key in self._replace)
-        self._record(task.key, job)
+        self._own_write(self.jobs_path, lambda: self._record(task.key, job))  # unrecorded: not re-attached later
         self.echo(f"[{self.stage}] ▶ {task.label} (job {job.job_id})")
         return _Handle(task, job, time.time())
 
@@ -405,3 +454,13 @@ class Launcher:
             print(f"[{self.stage}] FAILED runs (finished runs are kept; rerun to retry only these):", file=sys.stderr)
             for key, label, log in report.failed:
                 print(f"  {label}  key={key}  log={log}", file=sys.stderr)
+        for path, err in self.unwritten:
+            print(f"[{self.stage}] could not write {path}: {_os_error_text(err)}", file=sys.stderr)
+
+
+def _os_error_text(err: OSError) -> str:
+    """The error, and for ENOSPC what to do about it."""
+    text = f"{err.strerror or err}"
+    if err.errno == errno.ENOSPC:
+        text += " (the disk is full: free space, then run `dvc repro` again)"
+    return text

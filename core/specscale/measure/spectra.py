@@ -4,7 +4,8 @@ dumped to scratch one (step, layer) slice at a time and deleted once measured, s
 
 Outputs of `measure_run` in the run dir:
   spectra.zarr  xarray Dataset: `eigenvalues` (step, layer, site, bucket, mode), `n_tokens` (step, bucket: N, which
-                varies by step under probe.source train_batch; 0 where a set was skipped); attrs D, source
+                varies by step under probe.source train_batch; 0 where a set was skipped); attrs D, source; every
+                chunk carries a CRC32C (checked_encoding)
   ranks.csv     one row per (step, layer, site, bucket): N, D, N/D, the rounding-noise floor, entropy, Rényi ranks,
                 soft and hard rank
 
@@ -29,12 +30,19 @@ import pandas as pd
 import torch
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from specscale.store.runs import RunStore
 from specscale.measure.covariance import accumulate_array, eigenvalues
 from specscale.tokens.sets import ALL_SETS
 from specscale.measure.activations import PhaseClock, ProbeSource, array_name, ensure_slice, run_layout, scratch_dir
 from specscale.measure.metrics import MIN_N_OVER_D, STORAGE_EPS, all_metrics, storage_noise_floor
+
+
+def checked_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """Every array of `ds` (data and coordinates) stored with a CRC32C of each compressed chunk, checked by zarr on
+    every read: a damaged chunk fails to load instead of giving other numbers. Zstd level 0 is xarray's default."""
+    return {name: {"compressors": [ZstdCodec(level=0), Crc32cCodec()]} for name in ds.variables}
 
 
 def _dtype_eps(name: str) -> float:
@@ -148,7 +156,7 @@ def measure_run(spec: dict[str, Any], work: Path, store: RunStore, device: torch
         warnings.warn(f"{len(low)} spectra have N < {MIN_N_OVER_D:g}·D (min N/D {low['N_over_D'].min():.2f}): "
                       "hard rank is biased when samples are scarce", stacklevel=1)
         print(f"WARNING: {len(low)} spectra with N/D < {MIN_N_OVER_D:g}", flush=True)
-    ds.to_zarr(str(work / "spectra.zarr"), mode="w", consolidated=False)
+    ds.to_zarr(str(work / "spectra.zarr"), mode="w", consolidated=False, encoding=checked_encoding(ds))
     ranks.to_csv(work / "ranks.csv", index=False)
     shutil.rmtree(scratch_dir(store.project_root, spec["measure_key"]), ignore_errors=True)
     return {"n_spectra": int(len(ranks)),

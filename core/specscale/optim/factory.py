@@ -13,12 +13,13 @@ and `VALID_NAME_FORMS` are re-exported here.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
+
+from specscale.hints.spelling import did_you_mean
 
 from .combined import CombinedOptimizer
 from .defaults import VALID_NAME_FORMS, default_hparams, parse_optimizer_name, resolve_lr_ties
@@ -34,6 +35,7 @@ __all__ = [
     "ROLES",
     "VALID_NAME_FORMS",
     "build_optimizer",
+    "check_hparams",
     "complete_hparams",
     "default_hparams",
     "parse_optimizer_name",
@@ -45,17 +47,13 @@ __all__ = [
 def complete_hparams(name: str, hparams: dict[str, Any] | None) -> dict[str, Any]:
     """Every hyperparameter of `name`: its defaults (`default_hparams`, key order kept) overridden by `hparams`.
 
-    Unknown keys fail, naming the key, the closest valid one and all valid; so does a Dion rank_fraction that
-    contradicts the name.
+    Unknown keys fail, naming the key, the closest valid one and all valid (`did_you_mean`); so does a Dion
+    rank_fraction that contradicts the name.
     """
     resolved = default_hparams(name)
     for key in hparams or {}:
         if key not in resolved:
-            close = difflib.get_close_matches(key, list(resolved), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"unknown hyperparameter {key!r} for optimizer {name!r}{hint}; valid: {sorted(resolved)}"
-            )
+            raise ValueError(f"unknown hyperparameter {key!r} for optimizer {name!r}; {did_you_mean(key, resolved)}")
     resolved.update(hparams or {})
     base, fraction = parse_optimizer_name(name)
     if base == "dion" and resolved["rank_fraction"] != fraction:
@@ -153,6 +151,10 @@ def build_optimizer(
         )
         if any(g["lr"] is None for g in groups):
             raise ValueError("AdamW needs numeric lr, embed_lr, head_lr and other_lr (None = tied is only for Lion)")
+        for g in groups:  # torch checks only the constructor's lr and weight decay, not each role's group
+            if not (g["lr"] >= 0.0 and g["weight_decay"] >= 0.0):
+                raise ValueError(f"AdamW {g['role']} group: lr and weight_decay must be >= 0, got lr={g['lr']}, "
+                                 f"weight_decay={g['weight_decay']}")
         if groups:
             inner["adamw"] = torch.optim.AdamW(groups, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"])
         return CombinedOptimizer(inner)
@@ -170,3 +172,27 @@ def build_optimizer(
     if scalar_groups:
         inner["lion"] = Lion(scalar_groups, lr=hp["embed_lr"], betas=tuple(hp["lion_betas"]), weight_decay=lion_wd)
     return CombinedOptimizer(inner)
+
+
+# One parameter per role of `roles_from_names`, shaped like a tiny block (the roles come from these names); a
+# rectangular matrix each way round, so that shape-dependent code (the lr scale, Dion's rank) runs on both.
+_DUMMY_SHAPES: dict[str, tuple[int, ...]] = {
+    "embed.weight": (8, 4),
+    "head.weight": (8, 4),
+    "blocks.0.mlp.c_fc.weight": (16, 4),
+    "blocks.0.mlp.c_proj.weight": (4, 16),
+    "blocks.0.ln.weight": (4,),
+}
+
+
+def check_hparams(name: str, hparams: dict[str, Any], d_model: int) -> None:
+    """Build optimizer `name` with `hparams` as training builds it, over tiny parameters of every role, and take one
+    step: the optimizers' own checks (an lr or weight decay below 0, a momentum outside [0, 1), Newton–Schulz
+    coefficients, a dtype name, Dion's rank fraction) and any value that fails only in arithmetic raise here, at plan
+    time (`specscale validate`, the validate stage), instead of minutes into a job. Raises ValueError or TypeError."""
+    generator = torch.Generator().manual_seed(0)
+    named = [(pname, nn.Parameter(torch.randn(shape, generator=generator))) for pname, shape in _DUMMY_SHAPES.items()]
+    optimizer = build_optimizer(roles_from_names(named), name, hparams, d_model)
+    for _, param in named:
+        param.grad = torch.randn(param.shape, generator=generator)
+    optimizer.step()

@@ -18,6 +18,15 @@ import torch
 from .defaults import LION
 
 
+def _check_hparams(lr: float, betas: tuple[float, float], weight_decay: float) -> None:
+    if not lr >= 0.0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
 class Lion(torch.optim.Optimizer):
     """Lion with decoupled weight decay; defaults are the paper's settings, `defaults.LION` (docs/science.md §4)."""
 
@@ -28,13 +37,10 @@ class Lion(torch.optim.Optimizer):
         betas: tuple[float, float] = LION["betas"],
         weight_decay: float = LION["weight_decay"],
     ) -> None:
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        _check_hparams(lr, betas, weight_decay)
         super().__init__(params, dict(lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay))
+        for group in self.param_groups:  # per-group lrs (embedding, head, gains) must be as valid as the defaults
+            _check_hparams(group["lr"], group["betas"], group["weight_decay"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

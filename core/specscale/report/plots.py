@@ -103,12 +103,16 @@ def _clipped_scale(values: pd.Series, extra: tuple[float, ...] = ()) -> alt.Scal
     return alt.Scale(domain=[lo - pad, hi + pad])
 
 
-def beta_over_training(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+def beta_over_training(data: pd.DataFrame, title: str, seeds: pd.DataFrame | None = None) -> alt.FacetChart | None:
     """β against training tokens per optimizer: the mean over seeds (line), the between-seed 95% interval (band,
-    clipped to the axis) and the step-0 β of the same runs (dashed rule: the untrained network's)."""
+    clipped to the axis), each seed's own β (small open points; `seeds`: figure_data.beta_training_seed_points) and
+    the step-0 β of the same runs (dashed rule: the untrained network's)."""
     if data.empty or not (data["kind"] == "trained").any():
         return None
     y_scale = _clipped_scale(data["beta"])
+    if seeds is not None and len(seeds):
+        # the seed points share the facet's data: one long table, told apart by `kind`
+        data = pd.concat([data, seeds.assign(kind="seed")], ignore_index=True)
     base = alt.Chart().encode(color=alt.Color("display:N", title=None))
     trained = base.transform_filter(alt.datum.kind == "trained")
     x = alt.X("tokens:Q", title="training tokens")
@@ -119,11 +123,16 @@ def beta_over_training(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     band = trained.mark_area(opacity=0.15, clip=True).encode(x=x, y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
     baseline = base.transform_filter(alt.datum.kind == "step 0").mark_rule(strokeDash=[4, 3], opacity=0.7).encode(
         y=alt.Y("beta:Q", scale=y_scale), tooltip=["display", alt.Tooltip("beta:Q", format=".3f", title="step-0 β")])
-    return _facet(alt.layer(line, band, baseline), data, title)
+    points = base.transform_filter(alt.datum.kind == "seed").mark_point(shape="diamond", size=18, opacity=0.7,
+                                                                         clip=True).encode(
+        x=x, y=alt.Y("beta:Q", scale=y_scale),
+        tooltip=["display", "seed", "step", alt.Tooltip("beta:Q", format=".3f")])
+    return _facet(alt.layer(line, band, points, baseline), data, title)
 
 
 def gap_over_training(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
-    """β(optimizer) − β(reference) against training tokens with the across-seed 95% interval (band) and 0."""
+    """β(optimizer) − β(reference) against training tokens: the across-seed 95% interval at each step (darker
+    band), the band simultaneous over the kept steps the claims are judged on (lighter, wider band) and 0."""
     if data.empty:
         return None
     y_scale = _clipped_scale(data["diff"], (0.0,))
@@ -132,10 +141,15 @@ def gap_over_training(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
     line = base.mark_line(point=True, clip=True).encode(
         y=alt.Y("diff:Q", title="Δβ", scale=y_scale),
         tooltip=["comparison", "step", alt.Tooltip("diff:Q", format="+.3f"), alt.Tooltip("low:Q", format="+.3f"),
-                 alt.Tooltip("high:Q", format="+.3f"), "n_seeds"])
-    band = base.mark_area(opacity=0.15, clip=True).encode(y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
+                 alt.Tooltip("high:Q", format="+.3f"), alt.Tooltip("band_low:Q", format="+.3f"),
+                 alt.Tooltip("band_high:Q", format="+.3f"), "n_seeds"])
+    band = base.mark_area(opacity=0.2, clip=True).encode(y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
+    simultaneous = base.mark_area(opacity=0.08, clip=True).encode(y=alt.Y("band_low:Q", scale=y_scale),
+                                                                  y2="band_high:Q")
     zero = alt.Chart().mark_rule(color="gray").encode(y=alt.datum(0))
-    return _facet(alt.layer(line, band, zero), data, title)
+    # a legend of lines, drawn opaque (the bands' opacity would otherwise fade its symbols)
+    return _facet(alt.layer(line, band, simultaneous, zero), data, title).configure_legend(
+        symbolType="stroke", symbolOpacity=1)
 
 
 def _renyi_sel(data: pd.DataFrame) -> pd.DataFrame:
@@ -230,3 +244,52 @@ def paper_scatter(table: pd.DataFrame, title: str) -> alt.Chart | None:
                  alt.Tooltip("ours:Q", format=".3f")])
     return alt.layer(diag, pts).properties(width=360, height=360, title=title)
 
+
+
+def loss_curves(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """Training loss against tokens per configuration, one panel per width: the mean over seeds (line) and the band
+    from the lowest to the highest seed (figure_data.loss_curve_data)."""
+    if data.empty:
+        return None
+    base = alt.Chart().encode(x=alt.X("tokens:Q", title="training tokens"), color=alt.Color("display:N", title=None))
+    y_scale = alt.Scale(zero=False)
+    line = base.mark_line(clip=True).encode(
+        y=alt.Y("loss:Q", scale=y_scale, title="training loss (nats/token)"),
+        tooltip=["display", "width_mult", "step", alt.Tooltip("loss:Q", format=".3f"), "n_seeds"])
+    band = base.mark_area(opacity=0.2, clip=True).encode(y=alt.Y("low:Q", scale=y_scale), y2="high:Q")
+    return (alt.layer(line, band).properties(**PANEL)
+            .facet(data=data, column=alt.Column("width_mult:O", title="width multiplier k"))
+            .properties(title=title).configure_legend(symbolType="stroke", symbolOpacity=1))
+
+
+def layer_heatmap(data: pd.DataFrame, title: str) -> alt.FacetChart | None:
+    """β per layer (columns) and configuration (rows), one panel per bucket and metric, value written in each cell."""
+    if data.empty:
+        return None
+    base = alt.Chart().encode(x=alt.X("layer:O", title="layer", axis=alt.Axis(labelAngle=0)),
+                              y=alt.Y("display:N", title=None))
+    rect = base.mark_rect().encode(color=alt.Color("beta:Q", scale=alt.Scale(scheme="viridis"), title="β"),
+                                   tooltip=["display", "layer", "bucket", "metric",
+                                            alt.Tooltip("beta:Q", format=".3f"), "n_seeds"])
+    text = base.mark_text(fontSize=10, color="white").encode(text=alt.Text("beta:Q", format=".2f"))
+    return _facet(alt.layer(rect, text), data, title)
+
+
+def claims_forest(data: pd.DataFrame, title: str) -> alt.Chart | None:
+    """Every claim's estimate with its unadjusted and family-adjusted intervals (figure_data.claims_forest_data);
+    the primary endpoint in bold; 0 marked."""
+    if data.empty:
+        return None
+    order = data.sort_values(["primary", "family", "claim"], ascending=[False, True, True])["claim"].unique().tolist()
+    base = alt.Chart(data).encode(y=alt.Y("claim:N", sort=order, title=None, axis=alt.Axis(labelLimit=420)),
+                                  yOffset=alt.YOffset("interval:N"),
+                                  color=alt.Color("interval:N", title=None))
+    bars = base.mark_rule().encode(x=alt.X("low:Q", title="estimate with 95% interval"), x2="high:Q",
+                                   strokeWidth=alt.condition(alt.datum.primary, alt.value(4), alt.value(1.5)))
+    points = base.mark_point(filled=True).encode(
+        x="estimate:Q", shape=alt.Shape("verdict:N", title="verdict"),
+        size=alt.condition(alt.datum.primary, alt.value(120), alt.value(40)),
+        tooltip=["claim", "family", "interval", "verdict", alt.Tooltip("estimate:Q", format="+.3f"),
+                 alt.Tooltip("low:Q", format="+.3f"), alt.Tooltip("high:Q", format="+.3f")])
+    zero = alt.Chart().mark_rule(color="gray", strokeDash=[3, 3]).encode(x=alt.datum(0))
+    return alt.layer(zero, bars, points).properties(width=420, height=alt.Step(16), title=title)

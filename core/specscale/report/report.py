@@ -21,8 +21,8 @@ from specscale.compare.compare import read_compare_tables, read_csv
 from specscale.report.render import page_html, page_markdown, section_html, section_markdown
 from specscale.report.sections import SECTIONS, ReportInputs
 
-RESULT_TABLES = ("runs", "ranks", "betas", "betas_seeds", "betas_steps_seeds", "beta_gaps", "beta_gaps_steps",
-                 "val_steps")  # the fit stage's tables, results/<name>.csv
+RESULT_TABLES = ("runs", "ranks", "betas", "betas_per_layer", "betas_seeds", "betas_steps", "betas_steps_seeds",
+                 "beta_gaps", "beta_gaps_steps", "val_steps", "train_curves", "claims")  # results/<name>.csv
 
 
 @functools.lru_cache(maxsize=1)

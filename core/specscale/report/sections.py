@@ -26,8 +26,12 @@ from specscale.compare.comparisons import COUNTED_BUCKETS, DIVERGED_PPL
 from specscale.compare.figure_data import (
     beta_interval_data,
     beta_training_data,
+    beta_training_seed_points,
+    claims_forest_data,
     delta_data,
     gap_training_data,
+    layer_beta_data,
+    loss_curve_data,
     rank_width_data,
 )
 from specscale.study.plan import StudyPlan
@@ -87,7 +91,8 @@ REPORT_CHOICES = [
     f"5 optimizers × 3 buckets × 2 metrics); {POOLED} cells are listed but not counted. A tie counts as not "
     "exceeding; a cell not fitted or absent is missing and excluded from n.",
     "The base of an ablation is the group with the same optimizer, the same optimizer overrides (e.g. lr) and seed, "
-    "and no varied field; the optimizer gain is computed per seed within the base architecture.",
+    "and no varied field; the optimizer gain is computed per seed within the base architecture. Both sides of every "
+    "comparison are fitted on the widths they share (the `widths` column says which).",
     "Curves (rank vs width, eigenvalue decay, Rényi) show the lowest seed; the β figure shows every seed and, with "
     "≥ 2 seeds, the between-seed interval.",
     "Eigenvalue decay: p_i = λ_i/Σλ per layer, median over layers, at the last kept step and at step 0.",
@@ -115,6 +120,43 @@ def study_context(plan: StudyPlan) -> dict[str, Any]:
         "train": {"steps": int(study.train.steps), "last_k": int(study.fit.last_k)},
         "diverged_ppl": float(study.train.diverged_ppl),
     }
+
+
+CLAIM_COLUMNS = ["claim", "family", "estimate", "lo", "hi", "lo_adj", "hi_adj", "method", "n", "widths", "verdict"]
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{lo:+.2f}, {hi:+.2f}]" if pd.notna(lo) and pd.notna(hi) else "—"
+
+
+def claims_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """results/claims.csv as the report prints it: the primary endpoint first, then by family; numbers to 2 places
+    (the CSV keeps full precision)."""
+    c = claims.assign(_p=claims["family"] != "primary").sort_values(["_p", "family", "claim"], kind="stable")
+    return pd.DataFrame({
+        "claim": c["claim"], "family": c["family"],
+        "estimate": [f"{x:+.2f}" if pd.notna(x) else "—" for x in c["estimate"]],
+        "95% interval": [_interval(a, b) for a, b in zip(c["lo"], c["hi"])],
+        "family-adjusted": [_interval(a, b) for a, b in zip(c["lo_adj"], c["hi_adj"])],
+        "method": c["method"], "n": c["n"], "widths": c["widths"], "verdict": c["verdict"]})
+
+
+def _results(r: ReportInputs) -> Body:
+    claims = r["claims"]
+    b = Body(absent=claims.empty or not set(CLAIM_COLUMNS) <= set(claims.columns))
+    if b.absent:
+        return b
+    for row in claims[claims["family"] == "primary"].itertuples():
+        b.paragraphs.append(f"**Primary endpoint** — {row.claim}: {row.estimate:+.2f} {_interval(row.lo, row.hi)} "
+                            f"({row.method}; n {row.n}; widths {row.widths}): **{row.verdict}**.")
+    counts = claims["verdict"].value_counts()
+    b.paragraphs.append(f"{len(claims)} claims in `results/claims.csv`: " + ", ".join(
+        f"{int(counts[v])} {v}" for v in ("resolved", "not resolved", "not tested") if v in counts) + ". A claim is "
+        "resolved when its adjusted interval excludes 0: the primary endpoint at 95% (not adjusted), a claim over "
+        "training inside a band simultaneous over the kept steps (Bonferroni), every other claim at the level Holm's "
+        "step-down tests it at within its family (`method` names it). Unadjusted intervals are shown beside.")
+    b.tables.append(("Every claim the report states, with its test (results/claims.csv)", claims_table(claims)))
+    return b
 
 
 def _study(r: ReportInputs) -> Body:
@@ -191,6 +233,16 @@ def _seeds_and_training(r: ReportInputs) -> Body:
     if not val.empty:
         b.tables.append((caption, val))
     return b
+
+
+def _training(r: ReportInputs) -> Body:
+    curves = r["train_curves"]
+    if curves.empty:
+        return Body(absent=True)
+    n_runs, n_points = curves["run"].nunique(), curves.groupby("run").size()
+    return Body([f"Training loss from each run's log (`log.jsonl`), {n_runs} runs, up to {int(n_points.max())} "
+                 "points per run (each the mean loss of a block of consecutive logged steps, "
+                 "`results/train_curves.csv`)."])
 
 
 def _tii(r: ReportInputs) -> Body:
@@ -329,6 +381,13 @@ def _fit_figure(chart: Callable[[pd.DataFrame, str], Any],
 
 
 SECTIONS: tuple[Section, ...] = (
+    Section("results", "Results: the primary endpoint and every claim", _results,
+            missing="No claims table (results/claims.csv is missing or empty): no claim is stated.", figures=(
+        Figure("claims", "Every claim at the end of training: estimate, 95% interval and adjusted interval (primary "
+               "endpoint bold; claims over training: the Δβ-over-training figure)",
+               lambda r, t: plots.claims_forest(claims_forest_data(r["claims"]), t),
+               missing="no claim with an interval"),
+    )),
     Section("study", "Study", _study, missing="No training run in results/runs.csv."),
     Section("betas", "Scaling exponents β", _betas, missing="No fitted β (results/betas.csv is empty).", figures=(
         Figure("rank_width", "Effective rank vs FFN width (log–log, post site, trained)",
@@ -342,16 +401,28 @@ SECTIONS: tuple[Section, ...] = (
         Figure("delta", "Δ₁,₂ = β_soft − β_hard by bucket",
                _fit_figure(plots.deltas, lambda r: delta_data(r["betas"], r["groups"])),
                missing="no Δ₁,₂ (needs soft and hard β)"),
+        Figure("beta_layers", "β per layer (post site, trained; mean over seeds)",
+               lambda r, t: plots.layer_heatmap(layer_beta_data(r["betas_per_layer"], r["runs"]), t),
+               missing="no β fitted per layer (results/betas_per_layer.csv)"),
     )),
     Section("seeds", "Optimizer effect across seeds, and over training", _seeds_and_training,
             missing="No optimizer trained beside the reference optimizer in one arm: no optimizer difference.",
             figures=(
-        Figure("beta_training", "β over training tokens (post site): mean over seeds, between-seed band, step-0 β",
-               lambda r, t: plots.beta_over_training(beta_training_data(r["betas_steps_seeds"]), t),
+        Figure("beta_training", "β over training tokens (post site): mean over seeds, between-seed band, each seed "
+               "(points), step-0 β",
+               lambda r, t: plots.beta_over_training(beta_training_data(r["betas_steps_seeds"]), t,
+                                                     beta_training_seed_points(r["betas_steps"])),
                missing="no β at a kept step after step 0 (needs ≥ 3 widths)"),
-        Figure("gap_training", "β(optimizer) − β(reference) over training tokens (post site), across-seed band",
+        Figure("gap_training", "β(optimizer) − β(reference) over training tokens (post site): across-seed 95% "
+               "interval per step (darker) and the band simultaneous over the kept steps (lighter)",
                lambda r, t: plots.gap_over_training(gap_training_data(r["beta_gaps_steps"]), t),
                missing="no optimizer beside the reference optimizer at a kept step"),
+    )),
+    Section("training", "Training curves", _training,
+            missing="No training log (results/train_curves.csv is empty).", figures=(
+        Figure("loss_curves", "Training loss over tokens: mean over seeds, band from the lowest to the highest seed",
+               lambda r, t: plots.loss_curves(loss_curve_data(r["train_curves"]), t),
+               missing="no training log"),
     )),
     Section("tii", "Tail Integrity Index", _tii, missing="No TII (needs HEAD and TAIL spectra at the post site)."),
     Section("perplexity", "Perplexity", _perplexity,

@@ -50,11 +50,19 @@ def beta_summary(betas: pd.DataFrame, groups: pd.DataFrame, site: str = "post") 
     return bucket_sort(table.reindex(columns=cols)).sort_values("group", kind="stable").reset_index(drop=True)
 
 
+# betas_seeds.csv's trained − step-0 contrast (specscale.fit.claims): estimate, 95% interval, Holm-adjusted, verdict
+STEP0_COLUMNS = ["step0_diff", "step0_low", "step0_high", "step0_diff_adj_low", "step0_diff_adj_high",
+                 "step0_verdict"]
+
+
 def seeds_summary(seeds: pd.DataFrame, site: str = "post") -> pd.DataFrame:
+    """Trained β across seeds per configuration, bucket and metric at one site: mean, SD, between-seed interval and,
+    where the fit stage computed it, trained − step 0 with its interval, Holm-adjusted interval and verdict."""
     if seeds.empty:
         return pd.DataFrame()
     sel = seeds[(seeds["site"] == site) & (seeds["phase"] == "trained")]
     cols = ["group_label", "bucket", "metric", "n_seeds", "beta_mean", "beta_sd", "seed_ci95_low", "seed_ci95_high"]
+    cols += [c for c in STEP0_COLUMNS if c in sel]
     return bucket_sort(sel[cols]).sort_values(["group_label", "metric"], kind="stable").reset_index(drop=True)
 
 

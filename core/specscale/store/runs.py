@@ -2,7 +2,9 @@
 
 Work happens in runs/.work/<stage>/<key>/ (outside the DVC output, same filesystem) and is renamed into place in one
 `os.rename`, so a killed job never leaves a half-run that looks finished, and a resumable job finds its partial state
-where it left it.
+where it left it. Before that rename every file and directory of the run is flushed to disk (fsync), and the
+directories the rename changed are flushed after it: a crash of the machine, not only of the process, cannot publish a
+run whose files are still only in the page cache.
 
 Replacing a finished run (the `recompute` policy for runs made by other code, launch.py) never deletes the old run
 before the new one is finished: the new run is built in the work dir while the old one stays published, then the
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from specscale.store.fingerprint import as_moved, code_diff
-from specscale.store.integrity import write_contents
+from specscale.store.integrity import contents_digest, write_contents
 
 # The names of the files and folders of runs/, each spelled here only (on-disk names: changing one strands old runs).
 RUNS_DIR = "runs"  # under the project root
@@ -46,6 +48,10 @@ KEY_LENGTH = 16
 CODE_FIELD = "code_fingerprint"  # provenance: {file: sha256} of the code that made the run (fingerprint.py)
 RUN_ID_FIELD = "run_id"  # provenance: unique per commit, so a run made from a since-recomputed input can be told
 INPUT_RUNS_FIELD = "input_runs"  # provenance: {input stage: its run_id when this run was committed}
+# provenance: {input stage: integrity.contents_digest of that run when this run was committed}, so an input recomputed
+# byte-identical is not "recomputed" for the runs made from it (runs made before this field: run ids are compared)
+INPUT_CONTENTS_FIELD = "input_contents"
+VOLATILE_FILES = (PROVENANCE_FILE,)  # differ between two runs that computed the same bytes (times, run ids)
 
 
 def stable_hash(obj: Any) -> str:
@@ -103,6 +109,30 @@ def provenance(project_root: Path, device: str, wall_time_s: float, extra: dict 
     }
     info.update(extra or {})
     return info
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (directories after their entries), so that what was written
+    there is on disk, not only in the page cache. One open and fsync per file, no reading."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            if not os.path.islink(os.path.join(dirpath, name)):  # a link's target is not part of the run
+                _fsync(Path(dirpath) / name, os.O_RDONLY)
+        _fsync(Path(dirpath), os.O_RDONLY | os.O_DIRECTORY)
+
+
+def sync_dirs(*dirs: Path) -> None:
+    """fsync directories whose entries changed (a rename into or out of them)."""
+    for d in dict.fromkeys(dirs):  # once each, in order
+        _fsync(d, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def scratch_root(project_root: Path) -> Path:
@@ -176,26 +206,32 @@ class RunStore:
         spec = read_json(work / SPEC_FILE) if (work / SPEC_FILE).exists() else {}
         inputs = spec.get("inputs") or {}
         info.update({CODE_FIELD: dict(code) if code is not None else None, RUN_ID_FIELD: uuid.uuid4().hex,
-                     INPUT_RUNS_FIELD: {s: self.load_provenance(s, k).get(RUN_ID_FIELD) for s, k in inputs.items()}})
+                     INPUT_RUNS_FIELD: {s: self.load_provenance(s, k).get(RUN_ID_FIELD) for s, k in inputs.items()},
+                     INPUT_CONTENTS_FIELD: {s: contents_digest(self.final_dir(s, k), VOLATILE_FILES)
+                                            for s, k in inputs.items()}})
         write_json(work / PROVENANCE_FILE, info)
         write_contents(work)  # what the run holds, checked before it is reused (integrity.py)
         (work / SUCCESS).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
         final.parent.mkdir(parents=True, exist_ok=True)
+        if (final / SUCCESS).exists() and not replace:
+            shutil.rmtree(work)
+            return final
+        # on disk before the rename publishes it: a run published before a crash holds what its record says
+        sync_tree(work)
         if (final / SUCCESS).exists():
-            if not replace:
-                shutil.rmtree(work)
-                return final
             aside = self.replaced_dir(stage, key)
             if aside.exists():
                 shutil.rmtree(aside)
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.rename(final, aside)  # from here until the next rename the run is missing, never half-finished
             os.rename(work, final)
+            sync_dirs(final.parent, work.parent, aside.parent)
             shutil.rmtree(aside)
             return final
         if final.exists():  # an unfinished leftover (no _SUCCESS): never read, safe to replace
             shutil.rmtree(final)
         os.rename(work, final)
+        sync_dirs(final.parent, work.parent)  # the rename itself, on disk
         return final
 
     def replaced_dir(self, stage: str, key: str) -> Path:
@@ -234,14 +270,25 @@ class RunStore:
         input run replaced since this run was made. [] when nothing differs or nothing can be told."""
         prov = self.load_provenance(stage, key)
         out = code_diff(as_moved(prov.get(CODE_FIELD)), code) if code is not None else []
-        recorded = prov.get(INPUT_RUNS_FIELD) or {}
-        if recorded:
+        run_ids, contents = prov.get(INPUT_RUNS_FIELD) or {}, prov.get(INPUT_CONTENTS_FIELD) or {}
+        if run_ids or contents:
             inputs = self.load_spec(stage, key).get("inputs") or {}
-            for input_stage, run_id in sorted(recorded.items()):
-                now = self.load_provenance(input_stage, inputs.get(input_stage)).get(RUN_ID_FIELD)
-                if run_id and now and run_id != now:
+            for input_stage in sorted(set(run_ids) | set(contents)):
+                if self._input_changed(input_stage, inputs.get(input_stage), run_ids.get(input_stage),
+                                       contents.get(input_stage)):
                     out.append(f"input {input_stage} recomputed")
         return out
+
+    def _input_changed(self, stage: str, key: str | None, run_id: str | None, contents: str | None) -> bool:
+        """Whether the finished input run `stage`/`key` holds other contents than the one a run was made from
+        (`contents`, recorded at its commit); by run id for runs that recorded none. False when it cannot be told."""
+        if not key or not self.is_done(stage, key):
+            return False
+        now = contents_digest(self.final_dir(stage, key), VOLATILE_FILES) if contents else None
+        if contents and now:
+            return contents != now
+        now_id = self.load_provenance(stage, key).get(RUN_ID_FIELD)
+        return bool(run_id and now_id and run_id != now_id)
 
     def load_spec(self, stage: str, key: str) -> dict[str, Any]:
         return read_json(self.final_dir(stage, key) / SPEC_FILE)

@@ -7,14 +7,17 @@ them invalidates nothing.
 
 from __future__ import annotations
 
-import difflib
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from specscale.hints.spelling import did_you_mean
 
 
 class SpecError(ValueError):
@@ -116,6 +119,32 @@ class ProbeSpec:
 
 RHO_AGGREGATIONS = ("layer_median", "median_ratio")  # fit.rho_aggregation
 GAP_INTERVALS = ("welch", "paired")  # fit.gap_interval
+# fit.primary: the set names of tokens/sets.py (ALL_SETS) and the metrics with a β (measure/registry.py FIT_METRICS).
+# study/ may not import those wings, so they are listed here; tests/test_claims.py keeps the copies equal.
+PRIMARY_BUCKETS = ("HEAD", "MID", "TAIL", "GLOBAL")
+PRIMARY_METRICS = ("soft_rank", "hard_rank")
+FINAL_STEP = "final"  # fit.primary.step: the trained β (median over the last K kept steps, docs/science.md §6)
+
+
+@dataclass
+class PrimarySpec:
+    """The study's one primary endpoint: `comparison` '<optimizer> - <optimizer>' of the main sweep (β of the first
+    minus β of the second), at `bucket`, `metric` and `step` ('final', or a kept step's number). It is tested at 95%
+    unadjusted; every other optimizer difference the report states sits in a family with Holm-adjusted intervals
+    (core/specscale/fit/claims.py)."""
+
+    comparison: str = "muon - adamw"
+    bucket: str = "TAIL"  # PRIMARY_BUCKETS
+    metric: str = "hard_rank"  # PRIMARY_METRICS
+    step: str = FINAL_STEP  # FINAL_STEP or an integer step
+
+
+def split_comparison(text: str) -> tuple[str, str]:
+    """'muon - adamw' (or with '−') → ('muon', 'adamw'); ValueError unless it is two names around one minus."""
+    parts = [p.strip() for p in str(text).replace("−", " - ").split(" - ")]
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"{text!r} is not '<optimizer> - <optimizer>', e.g. 'muon - adamw'")
+    return parts[0], parts[1]
 
 
 @dataclass
@@ -130,6 +159,7 @@ class FitSpec:
     # The across-seed interval of β(optimizer) − β(reference): welch (the two optimizers' seeds as independent samples)
     # | paired (per-seed differences; seed s of both shares data order and init); core/specscale/fit/seed_stats.py
     gap_interval: str = "welch"
+    primary: PrimarySpec = field(default_factory=PrimarySpec)
 
 
 @dataclass
@@ -224,11 +254,6 @@ RENAMED = {
 }
 
 
-def _did_you_mean(key: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=1)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(candidates))}"
-
-
 def _keys_at(cfg: DictConfig, parent: str) -> list[str]:
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if node is None and parent.count(".") == 1 and parent.startswith("ablations."):  # an arm not yet in the base
@@ -236,17 +261,32 @@ def _keys_at(cfg: DictConfig, parent: str) -> list[str]:
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 
 
-def _merge_file(base: DictConfig, path: Path, drop: tuple[str, ...] = ()) -> DictConfig:
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path`; a file that is missing or not YAML raises SpecError with the file, line and
+    column of the parser's mark (one line, not the parser's multi-line report)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" ({err.context} on line {err.context_mark.line + 1})" if err.context and err.context_mark else ""
+        raise SpecError(f"{path}{where}: not valid YAML: {err.problem}{context}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
+def _merge_file(base: DictConfig, path: Path, drop: tuple[str, ...] = ()) -> DictConfig:
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of sections at the top level")
     # a section left empty (`ablations:` with nothing under it, YAML null) keeps the base's, ablations included
     raw = {k: v for k, v in raw.items() if k not in drop and v is not None}
+    for section, value in raw.items():
+        if section in base and isinstance(base[section], DictConfig) and not isinstance(value, dict):
+            raise SpecError(f"{path}: key '{section}': a mapping of fields is needed (e.g. '{section}: {{...}}'), "
+                            f"got {value!r}")
     try:
         return OmegaConf.merge(base, raw)
     except ConfigKeyError as err:
@@ -254,7 +294,7 @@ def _merge_file(base: DictConfig, path: Path, drop: tuple[str, ...] = ()) -> Dic
         parent, _, leaf = full.rpartition(".")
         if full in RENAMED:
             raise SpecError(f"{path}: key '{full}' is gone: use {RENAMED[full]}") from None
-        raise SpecError(f"{path}: unknown key '{full}'{_did_you_mean(leaf, _keys_at(base, parent))}") from None
+        raise SpecError(f"{path}: unknown key '{full}'; {did_you_mean(leaf, _keys_at(base, parent))}") from None
     except (ValidationError, OmegaConfBaseException) as err:
         msg = str(err).splitlines()[0]
         raise SpecError(f"{path}: key '{err.full_key}': {msg} (fix the value's type)") from None
@@ -270,7 +310,7 @@ def load_study(params_path: Path | str = "params.yaml", preset: str | None = Non
     root = params_path.parent
     base = OmegaConf.structured(StudySpec)
     if preset is None:
-        raw = yaml.safe_load(params_path.read_text()) if params_path.exists() else None
+        raw = read_yaml(params_path) if params_path.exists() else None
         if not isinstance(raw, dict) or "preset" not in raw:
             raise SpecError(f"{params_path}: key 'preset' is missing (e.g. 'preset: tiny'; presets live in specs/)")
         preset = str(raw["preset"])
@@ -282,7 +322,7 @@ def load_study(params_path: Path | str = "params.yaml", preset: str | None = Non
         raise SpecError(f"{params_path}: key 'preset': no preset '{preset}' (known: {', '.join(names)})")
     cfg = _merge_file(base, preset_path, drop=("preset",))
     if params_path.exists():
-        raw = yaml.safe_load(params_path.read_text()) or {}
+        raw = read_yaml(params_path) or {}
         if isinstance(raw, dict) and raw.get("ablations") is not None:
             # params.yaml's ablations are the whole set of arms (so `ablations: {}` drops the preset's), not a merge;
             # `ablations:` left empty keeps the preset's arms
@@ -290,25 +330,40 @@ def load_study(params_path: Path | str = "params.yaml", preset: str | None = Non
         cfg = _merge_file(cfg, params_path)
     cfg.preset = preset
     validate(cfg, params_path)
+    check_primary(cfg, params_path)
     return cfg
 
 
-def validate(cfg: DictConfig, path: Path) -> None:
-    """Impossible values fail here, before anything is written."""
-    from specscale.optim.defaults import parse_optimizer_name  # local: keeps spec importable without torch users
+# Numeric fields that must be > 0 or ≥ 0. Checked on the study and on every ablation arm's varied spec, so that no
+# value reaches a job that would fail there after writing its work dir, or silently do something else
+# (`train.keep_checkpoints: 0` would keep every logged step, `launcher.max_parallel: 0` would never start a run).
+POSITIVE_FIELDS = (
+    "data.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.rope_base", "model.vocab_multiple",
+    "train.steps", "train.batch_size", "train.seq_len", "train.log_every", "train.keep_checkpoints",
+    "train.val_tokens", "train.resume_every", "probe.tokens_per_bucket", "probe.pooled_tokens", "probe.chunk_tokens",
+    "probe.batch_size", "fit.last_k", "launcher.max_parallel", "launcher.timeout_min", "launcher.poll_seconds",
+    "launcher.nodes", "launcher.cpus_per_task", "launcher.mem_gb", "launcher.array_parallelism",
+)
+NON_NEGATIVE_FIELDS = ("train.micro_batch_size", "train.checkpoint_val_tokens", "train.threads",
+                       "probe.min_bucket_tokens", "fit.bootstrap", "launcher.gpus_per_node")
 
-    def fail(key: str, msg: str) -> None:
-        raise SpecError(f"{path}: key '{key}': {msg}")
+Fail = Callable[[str, str], NoReturn]  # (dotted key, what is wrong and the fix) → raises SpecError
 
+
+def _check_fields(cfg: DictConfig, fail: Fail) -> None:
+    """Each section's values: choices, bounds, and the fields they depend on (one spec: the study or an arm's)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             fail(key, f"{value!r} is not one of {', '.join(allowed)}")
-    for key in ("model.d_model", "model.n_layers", "model.n_heads", "train.steps", "train.batch_size",
-                "train.seq_len", "train.log_every", "data.vocab_size", "probe.tokens_per_bucket",
-                "probe.pooled_tokens", "probe.chunk_tokens", "launcher.max_parallel", "fit.last_k"):
-        if OmegaConf.select(cfg, key) <= 0:
-            fail(key, "must be > 0")
+    for key in POSITIVE_FIELDS:
+        value = OmegaConf.select(cfg, key)
+        if not value > 0:
+            fail(key, f"must be > 0, got {value}")
+    for key in NON_NEGATIVE_FIELDS:
+        value = OmegaConf.select(cfg, key)
+        if not value >= 0:
+            fail(key, f"must be ≥ 0, got {value}")
     if cfg.train.steps_multiplier <= 0:
         fail("train.steps_multiplier", "must be > 0 (an ablation arm's steps = train.steps × multiplier)")
     if cfg.data.val_every < 2:
@@ -340,6 +395,33 @@ def validate(cfg: DictConfig, path: Path) -> None:
     edges = list(cfg.probe.bucket_edges)
     if len(edges) != 2 or not 0 < edges[0] < edges[1] < 1:
         fail("probe.bucket_edges", f"two increasing mass fractions in (0, 1), e.g. [0.33, 0.67]; got {edges}")
+    if cfg.data.max_bytes is not None and not cfg.data.max_bytes > 0:
+        fail("data.max_bytes", f"bytes of text > 0, or null for no cap; got {cfg.data.max_bytes}")
+    if cfg.data.paths and cfg.data.source not in ("files", "bin"):
+        fail("data.paths", f"only data.source 'files' and 'bin' read files; source '{cfg.data.source}' ignores them")
+    if cfg.data.val_paths and cfg.data.source != "bin":
+        fail("data.val_paths", f"only data.source 'bin' reads validation shards; source '{cfg.data.source}' takes "
+                               f"every data.val_every-th document")
+    if cfg.model.ffn_mult != ModelSpec.ffn_mult:
+        fail("model.ffn_mult", "the sweep sets it: list FFN width multipliers in sweep.widths (or an arm's widths)")
+    if not 0.0 <= cfg.model.postln_fraction <= 1.0:
+        fail("model.postln_fraction", f"a fraction of the blocks in [0, 1]; got {cfg.model.postln_fraction}")
+    for key in ("train.val_tokens", "train.checkpoint_val_tokens"):  # evaluation reads whole windows
+        value = OmegaConf.select(cfg, key)
+        if value and value < cfg.train.seq_len:
+            fail(key, f"at least one window of train.seq_len={cfg.train.seq_len} tokens; got {value}")
+    if not cfg.probe.alphas:
+        fail("probe.alphas", "list at least one Rényi order, e.g. [1.0]")
+
+
+def validate(cfg: DictConfig, path: Path) -> None:
+    """Impossible values fail here, before anything is written."""
+    from specscale.optim.defaults import parse_optimizer_name  # local: keeps spec importable without torch users
+
+    def fail(key: str, msg: str) -> NoReturn:
+        raise SpecError(f"{path}: key '{key}': {msg}")
+
+    _check_fields(cfg, fail)
 
     def check_arm(prefix: str, optimizers, widths, seeds, model_overrides: dict) -> None:
         for i, name in enumerate(optimizers or []):
@@ -351,8 +433,18 @@ def validate(cfg: DictConfig, path: Path) -> None:
             if not isinstance(w, int) or w <= 0:
                 fail(f"{prefix}.widths[{i}]", f"FFN width multiplier must be a positive integer, got {w!r}")
         for i, s in enumerate(seeds or []):
-            if not isinstance(s, int):
-                fail(f"{prefix}.seeds[{i}]", f"seed must be an integer, got {s!r}")
+            if not isinstance(s, int) or s < 0:
+                fail(f"{prefix}.seeds[{i}]", f"seed must be an integer ≥ 0, got {s!r}")
+        for what, values in (("optimizers", optimizers), ("widths", widths), ("seeds", seeds)):
+            if values is None:  # an arm without the key takes the main sweep's
+                continue
+            if not len(values):
+                fail(f"{prefix}.{what}", "an empty list trains nothing: list at least one value (an arm without the "
+                                         "key takes the main sweep's)")
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if repeated:
+                fail(f"{prefix}.{what}", f"{list(values)} lists {', '.join(repeated)} more than once: a repeated "
+                                         "value is the same run and would silently count once; list each once")
         varied = [k for k in ("n_heads", "d_model") if k in model_overrides]
         heads_key = f"{prefix}.vary.model.{varied[0]}" if varied else "model.n_heads"
         for d in model_overrides.get("d_model", [cfg.model.d_model]):  # vary takes the cartesian product
@@ -370,6 +462,8 @@ def validate(cfg: DictConfig, path: Path) -> None:
         model_vary: dict[str, Any] = {}
         for dotted, values in arm.vary.items():
             section, _, leaf = dotted.partition(".")
+            if not len(values):
+                fail(f"{prefix}.vary.{dotted}", "an empty list trains nothing: list at least one value")
             if dotted == "optim.lr_multiplier":  # an lr sweep arm (sweep.LR_MULTIPLIER): each optimizer's lr × m
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
                     fail(f"{prefix}.vary.{dotted}", f"multipliers of each optimizer's lr must be numbers > 0; got "
@@ -380,7 +474,7 @@ def validate(cfg: DictConfig, path: Path) -> None:
                                                 "'optim.lr_multiplier'")
             known = _keys_at(cfg, section)
             if leaf not in known or leaf == "ffn_mult":
-                fail(f"{prefix}.vary.{dotted}", f"unknown field{_did_you_mean(leaf, known)}")
+                fail(f"{prefix}.vary.{dotted}", f"unknown field; {did_you_mean(leaf, known)}")
             try:
                 for v in values:
                     OmegaConf.merge(cfg[section], {leaf: v})
@@ -395,6 +489,78 @@ def validate(cfg: DictConfig, path: Path) -> None:
         for f in model_vary.get("postln_fraction", []):
             if not 0.0 <= float(f) <= 1.0:
                 fail(f"{prefix}.vary.model.postln_fraction", "fractions lie in [0, 1]")
+        _check_arm_variants(cfg, prefix, arm.vary, fail)
+    _check_reference(cfg, fail)
+
+
+def _check_arm_variants(cfg: DictConfig, prefix: str, vary: DictConfig, fail: Fail) -> None:
+    """Every combination of an arm's varied values, applied to the study, through the study's own field checks: a
+    varied `train.steps: [0]`, or a `train.batch_size` that `train.micro_batch_size` does not divide, fails here,
+    naming the arm, instead of inside its jobs."""
+    paths = [str(p) for p in vary if str(p) != "optim.lr_multiplier"]  # not a field: checked above
+    for values in itertools.product(*(list(vary[p]) for p in paths)):
+        varied = dict(zip(paths, values))
+        overrides: dict[str, dict[str, Any]] = {}
+        for dotted, value in varied.items():
+            section, leaf = dotted.split(".", 1)
+            overrides.setdefault(section, {})[leaf] = value
+
+        def arm_fail(key: str, msg: str) -> NoReturn:
+            if key in varied:
+                fail(f"{prefix}.vary.{key}", msg)
+            fail(key, f"{msg} (in arm {prefix}, with {', '.join(f'{k}={v}' for k, v in varied.items())})")
+
+        _check_fields(OmegaConf.merge(cfg, overrides), arm_fail)
+
+
+def _check_reference(cfg: DictConfig, fail: Fail) -> None:
+    """fit.reference_optimizer is what every β difference is taken against: in a study that trains several
+    optimizers, one that is not trained would leave beta_gaps.csv empty (and the report blaming the arms)."""
+    from specscale.optim.defaults import parse_optimizer_name
+
+    reference = str(cfg.fit.reference_optimizer)
+    try:
+        parse_optimizer_name(reference)
+    except ValueError as err:
+        fail("fit.reference_optimizer", str(err))
+    trained = {str(o) for o in cfg.sweep.optimizers}
+    for arm in cfg.ablations.values():
+        trained |= {str(o) for o in (arm.optimizers if arm.optimizers is not None else cfg.sweep.optimizers)}
+    if len(trained) > 1 and reference not in trained:
+        fail("fit.reference_optimizer", f"'{reference}' is not trained in this study; β differences are taken "
+                                        f"against it: name one of {', '.join(sorted(trained))}")
+
+
+def check_primary(cfg: DictConfig, path: Path) -> None:
+    """fit.primary names two optimizers, a set, a metric with a β and a step that exist; in a main sweep of several
+    optimizers, both must be trained there (the endpoint is read from the main sweep)."""
+    from specscale.optim.defaults import parse_optimizer_name  # local, as in validate
+
+    primary = cfg.fit.primary
+    try:
+        names = split_comparison(primary.comparison)
+        for name in names:
+            parse_optimizer_name(name)
+    except ValueError as err:
+        raise SpecError(f"{path}: key 'fit.primary.comparison': {err}") from None
+    if names[0] == names[1]:
+        raise SpecError(f"{path}: key 'fit.primary.comparison': {primary.comparison!r} compares an optimizer with "
+                        "itself")
+    trained = [str(o) for o in cfg.sweep.optimizers]
+    missing = [n for n in names if n not in trained]
+    if len(trained) > 1 and missing:
+        ref = str(cfg.fit.reference_optimizer)
+        other = next((o for o in trained if o != ref), trained[0])
+        raise SpecError(f"{path}: key 'fit.primary.comparison': {', '.join(missing)} not in sweep.optimizers "
+                        f"({', '.join(trained)}): the primary endpoint is read from the main sweep; declare one of "
+                        f"its comparisons, e.g. fit: {{primary: {{comparison: {other} - {ref}}}}}")
+    for key, allowed in (("bucket", PRIMARY_BUCKETS), ("metric", PRIMARY_METRICS)):
+        if primary[key] not in allowed:
+            raise SpecError(f"{path}: key 'fit.primary.{key}': {primary[key]!r} is not one of {', '.join(allowed)}")
+    step = str(primary.step)
+    if step != FINAL_STEP and not (step.isdigit()):
+        raise SpecError(f"{path}: key 'fit.primary.step': {step!r} is neither '{FINAL_STEP}' (the trained β) nor a "
+                        "kept step's number ≥ 0")
 
 
 def to_container(cfg: DictConfig | Any) -> Any:

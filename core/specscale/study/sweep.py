@@ -8,14 +8,15 @@ that repeats the base values reuses the main sweep's runs. Labels (arm, varied v
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from specscale.hints.spelling import did_you_mean
 from specscale.store.runs import stable_hash
 from specscale.study.spec import DataSpec, SpecError, TrainSpec, to_container
 
@@ -80,36 +81,94 @@ class RunPoint:
         return spec
 
 
-def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path,
-                    arm_name: str | None = None, d_model: int | None = None,
-                    lr_multiplier: float = 1.0) -> dict[str, Any]:
-    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's, then lr × `lr_multiplier` (an lr
-    sweep arm); unknown keys fail here. Per-role lrs left tied (None) become numbers for `d_model` (default: the
-    study's), so the run spec shows what runs."""
-    from specscale.optim.defaults import DTYPE_NAMES, default_hparams, parse_optimizer_name, resolve_lr_ties
+def hparam_overrides(study: DictConfig, name: str, arm_overrides: dict | None,
+                     arm_name: str | None = None) -> Iterator[tuple[str, str, Any]]:
+    """The overrides of optimizer `name`'s hyperparameters, lowest precedence first: study.optim[family] ←
+    study.optim[name] ← the arm's, each as (the dotted key that sets it, hyperparameter, value)."""
+    from specscale.optim.defaults import parse_optimizer_name
 
     family, _ = parse_optimizer_name(name)
-    hparams = default_hparams(name)
     layers = [("optim", to_container(study.optim))]
     if arm_overrides:
         layers.append((f"ablations.{arm_name}.optim" if arm_name else "ablation optim", arm_overrides))
     for origin, overrides in layers:
         for key in (family, name) if family != name else (name,):
             for hkey, value in (overrides.get(key) or {}).items():
-                if hkey not in hparams:
-                    close = difflib.get_close_matches(hkey, list(hparams), n=1)
-                    hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(sorted(hparams))}"
-                    raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': not a {name} hyperparameter{hint}")
-                if hkey == "rank_fraction":  # the factory rejects a fraction that contradicts the name
-                    raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': choose the Dion rank fraction through "
-                                    f"the optimizer name (e.g. dion_1_4), not an override")
-                if hkey.endswith("_dtype") and str(value).removeprefix("torch.") not in DTYPE_NAMES:
-                    raise SpecError(f"{where}: key '{origin}.{key}.{hkey}': {value!r} is not a dtype name; "
-                                    f"valid: {', '.join(sorted(DTYPE_NAMES))}")
-                hparams[hkey] = value
+                yield f"{origin}.{key}.{hkey}", str(hkey), value
+
+
+def _is_number_text(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
+
+
+def resolve_hparams(study: DictConfig, name: str, arm_overrides: dict | None, where: Path,
+                    arm_name: str | None = None, d_model: int | None = None,
+                    lr_multiplier: float = 1.0) -> dict[str, Any]:
+    """Defaults for `name` ← study.optim[family] ← study.optim[name] ← the arm's, then lr × `lr_multiplier` (an lr
+    sweep arm); unknown keys, and text where a number belongs, fail here. Per-role lrs left tied (None) become numbers
+    for `d_model` (default: the study's), so the run spec shows what runs."""
+    from specscale.optim.defaults import DTYPE_NAMES, TIED_LRS, default_hparams, resolve_lr_ties
+
+    hparams = default_hparams(name)
+    for dotted, hkey, value in hparam_overrides(study, name, arm_overrides, arm_name):
+        if hkey not in hparams:
+            raise SpecError(f"{where}: key '{dotted}': not a {name} hyperparameter; {did_you_mean(hkey, hparams)}")
+        if hkey == "rank_fraction":  # the factory rejects a fraction that contradicts the name
+            raise SpecError(f"{where}: key '{dotted}': choose the Dion rank fraction through the optimizer name "
+                            f"(e.g. dion_1_4), not an override")
+        if hkey.endswith("_dtype") and str(value).removeprefix("torch.") not in DTYPE_NAMES:
+            raise SpecError(f"{where}: key '{dotted}': {value!r} is not a dtype name; "
+                            f"valid: {', '.join(sorted(DTYPE_NAMES))}")
+        default = hparams[hkey]
+        numeric = hkey in TIED_LRS or (isinstance(default, (int, float)) and not isinstance(default, bool))
+        if numeric and not (value is None and hkey in TIED_LRS) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            # PyYAML reads 1e-3 (no dot) as text: the most likely way a number becomes a string here
+            hint = "; YAML reads an exponent without a dot as text: write 1.0e-3, not 1e-3" if _is_number_text(
+                value) else ""
+            raise SpecError(f"{where}: key '{dotted}': a number is needed, got {value!r}{hint}")
+        hparams[hkey] = value
     if lr_multiplier != 1.0:
         hparams["lr"] = hparams["lr"] * lr_multiplier
     return resolve_lr_ties(name, hparams, int(study.model.d_model if d_model is None else d_model))
+
+
+# (optimizer name, complete hyperparameters, d_model) → None, or ValueError/TypeError from the optimizer's own checks.
+HparamCheck = Callable[[str, dict[str, Any], int], None]
+
+
+def check_hyperparameters(study: DictConfig, points: list[RunPoint], check: HparamCheck,
+                          where: Path | str = "params.yaml") -> None:
+    """Every distinct optimizer setting of the runs through `check`, the optimizers' own checks (`check_hparams` in
+    core/specscale/optim/factory.py builds each one; passed in because study/ does not import torch): a negative lr
+    or a momentum of 1 fails at plan time, naming the key that set it, instead of inside a job."""
+    from specscale.optim.defaults import default_hparams, resolve_lr_ties
+
+    seen: set[str] = set()
+    for point in points:
+        name, hparams, d_model = point.optimizer, point.spec["optim"]["hparams"], int(point.spec["model"]["d_model"])
+        setting = stable_hash({"name": name, "hparams": hparams, "d_model": d_model})
+        if setting in seen:
+            continue
+        seen.add(setting)
+        try:
+            check(name, hparams, d_model)
+        except (ValueError, TypeError) as err:
+            arm = point.arms[0]
+            arm_optim = to_container(study.ablations[arm].optim) if arm in study.ablations else None
+            key = f"optim.{name}"  # the setting as a whole, unless one override fails by itself
+            for dotted, hkey, value in hparam_overrides(study, name, arm_optim, arm):
+                alone = resolve_lr_ties(name, {**default_hparams(name), hkey: value}, d_model)
+                try:
+                    check(name, alone, d_model)
+                except (ValueError, TypeError):
+                    key = dotted
+                    break
+            raise SpecError(f"{Path(where)}: key '{key}': {name}: {err}") from None
 
 
 def _check_optim_keys(keys, prefix: str, where: Path) -> None:

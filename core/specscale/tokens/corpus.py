@@ -142,6 +142,14 @@ def _missing_hint(pattern: str) -> str:
     return ""
 
 
+def unmatched_patterns(patterns: Iterable[str], base_dir: str | Path) -> list[tuple[int, str]]:
+    """(index, why) of each path or glob that matches no file, relative to ``base_dir`` as ``file_documents`` and the
+    ``bin`` shards read them: `specscale validate` names them before anything is read or written."""
+    base = Path(base_dir).resolve()
+    return [(i, f"no file matches {pattern!r} (relative to {base}){_missing_hint(pattern)}")
+            for i, pattern in enumerate(patterns) if not _expand_pattern(pattern, base)]
+
+
 def file_documents(
     patterns: list[str] | str, base_dir: str | Path = ".", max_bytes: int | None = None, doc_bytes: int = 0
 ) -> Iterator[Document]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 import json
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,7 +40,6 @@ def bin_files(patterns: list[str], root: Path, what: str) -> list[Path]:
 def build_token_shards(data: dict[str, Any], root: Path, work: Path) -> dict[str, Any]:
     """Text sources: write work/train.bin, work/val.bin and work/tokenizer.json. `.bin` shards: write work/shards.json
     (every shard validated here, before any run starts). Both write work/tokens.json; returns its fields."""
-    started = time.time()
     if data["source"] == "bin":  # read in place: validate and index the shards, copy nothing
         val_files = bin_files(data["val_paths"], root, "val_paths") if data["val_paths"] else []
         manifest = write_manifest(work, bin_files(data["paths"], root, "paths"), val_files, VAL_BLOCK_TOKENS,
@@ -49,7 +47,7 @@ def build_token_shards(data: dict[str, Any], root: Path, work: Path) -> dict[str
         meta = {"vocab_size": GPT2_VOCAB, "train_tokens": manifest["train_tokens"],
                 "val_tokens": manifest["val_tokens"], "documents": None, "source": "bin",
                 "shards": {"train": len(manifest["train"]), "val": len(manifest["val"]), "manifest": MANIFEST_FILE}}
-        return _finish(meta, started, work)
+        return _finish(meta, work)
     docs = list(documents(data, root))
     train_docs, val_docs = corpus.split_documents(docs, data["val_every"])
     print(f"{len(docs)} documents ({sum(len(t) for _, t in docs) / 1e6:.1f} MB): "
@@ -62,11 +60,12 @@ def build_token_shards(data: dict[str, Any], root: Path, work: Path) -> dict[str
     write_tokens(work / "val.bin", val)
     meta = {"vocab_size": int(tok.get_vocab_size()), "train_tokens": int(len(train)), "val_tokens": int(len(val)),
             "documents": {"train": len(train_docs), "val": len(val_docs)}, "source": data["source"]}
-    return _finish(meta, started, work)
+    return _finish(meta, work)
 
 
-def _finish(meta: dict[str, Any], started: float, work: Path) -> dict[str, Any]:
-    meta["seconds"] = round(time.time() - started, 1)
+def _finish(meta: dict[str, Any], work: Path) -> dict[str, Any]:
+    # no time in tokens.json (provenance.json has the run's wall time): a run computed again writes the same bytes,
+    # so the runs made from it are not "made from another input" (store/runs.py, RunStore.changes)
     (work / "tokens.json").write_text(json.dumps(meta, indent=2))
     print(f"tokens: {meta['train_tokens']:,} train, {meta['val_tokens']:,} val, vocab {meta['vocab_size']}", flush=True)
     return meta

@@ -29,8 +29,9 @@ from specscale.model.gpt import ModelShape, flops_per_token, probe_forward_flops
 from specscale.study.plan import PlannedRun, StudyPlan
 from specscale.tokens.shards import GPT2_VOCAB, write_bin_shard
 from specscale.study.spec import SpecError
-from specscale.tools.status import H100_BF16_PEAK_TFLOPS, measured_tokens, run_costs
-from specscale.model.build import CHECKPOINT_DIR, kept_checkpoints, model_shape
+from specscale.tools.status import (H100_BF16_PEAK_TFLOPS, measured_tokens, n_kept_checkpoints, run_costs,
+                                    run_shape)
+from specscale.model.build import CHECKPOINT_DIR, kept_checkpoints
 
 STAGES = ("tokenize", "buckets", "train", "activations", "spectra")  # the per-run stages; aggregates take seconds
 SYNTHETIC_DIR = "synthetic"  # under the temporary project
@@ -204,16 +205,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def _n_ckpt(run: PlannedRun) -> int:
-    t = run.spec["train"]
-    return len(kept_checkpoints(t["steps"], t["log_every"], t["keep_checkpoints"], t["keep_all_checkpoints"]))
-
-
-def _shape(run: PlannedRun) -> ModelShape:
-    spec = run.spec
-    return model_shape(spec, GPT2_VOCAB if spec["data"]["source"] == "bin" else spec["data"]["vocab_size"])
-
-
 @dataclass
 class Extrapolation:
     seconds: dict[str, float]  # stage → seconds on one device like this one, whole study
@@ -230,7 +221,7 @@ def extrapolate(full: StudyPlan, small: StudyPlan, store: RunStore, measured: di
     """Whole-study seconds from the measured run (formulas in `FORMULAS`), and the plan's own estimate."""
     run = small.train[0]
     t = run.spec["train"]
-    shape = _shape(run)
+    shape = run_shape(run)
     step_s = step_seconds(store, run)
     tokens_per_s = t["batch_size"] * t["seq_len"] / step_s
     rate = flops_per_token(shape, t["seq_len"]) * tokens_per_s  # training FLOP/s achieved here
@@ -270,8 +261,8 @@ def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore, measure
     is left of the stage's time (start-up, metrics, files) is per run. `costs`: run_costs of every run of
     full.train, in order."""
     run = small.train[0]
-    shape_m, cost_m = _shape(run), run_costs(small, run)
-    slices_m = _n_ckpt(run) * shape_m.n_layers
+    shape_m, cost_m = run_shape(run), run_costs(small, run)
+    slices_m = n_kept_checkpoints(run) * shape_m.n_layers
     n_ratio = measured_tokens(full.study.probe, full.study.train) / measured_tokens(small.study.probe,
                                                                                  small.study.train)
     fwd_ratio = forwarded_tokens(full.study) / forwarded_tokens(small.study)
@@ -285,14 +276,14 @@ def _fan_out_seconds(full: StudyPlan, small: StudyPlan, store: RunStore, measure
         per_slice = {name: t / slices_m for name, t in phases.items()}
         spectra = {name: 0.0 for name in [*per_slice, "rest"]}
         for r, cost_r in zip(full.train, costs):
-            shape_r = _shape(r)
+            shape_r = run_shape(r)
             d = shape_r.ffn_dim / shape_m.ffn_dim
             law = {"load": cost_r["n_params"] / cost_m["n_params"],
                    "forward": fwd_ratio * _slice_forward_flops(shape_r, r.spec["train"]["seq_len"])
                    / _slice_forward_flops(shape_m, run.spec["train"]["seq_len"]),
                    "write": n_ratio * d, "covariance": n_ratio * d ** 2, "eigh": d ** 3}
             for name, t in per_slice.items():
-                spectra[name] += _n_ckpt(r) * shape_r.n_layers * t * law.get(name, 1.0)
+                spectra[name] += n_kept_checkpoints(r) * shape_r.n_layers * t * law.get(name, 1.0)
             spectra["rest"] += per_run_rest
     return acts, spectra
 

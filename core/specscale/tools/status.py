@@ -11,7 +11,7 @@ from typing import Any
 
 from specscale.store.runs import ERROR_LOG, RunStore, read_json
 from specscale.store.fingerprint import files_text
-from specscale.model.gpt import flops_per_token
+from specscale.model.gpt import ModelShape, flops_per_token
 from specscale.launch.launcher import AttachedJob
 from specscale.study.plan import PlannedRun, StudyPlan
 from specscale.tokens.shards import GPT2_VOCAB
@@ -26,15 +26,26 @@ def _vocab(spec: dict[str, Any]) -> int:
     return GPT2_VOCAB if spec["data"]["source"] == "bin" else spec["data"]["vocab_size"]
 
 
+def run_shape(run: PlannedRun) -> ModelShape:
+    """The model shape a training run trains (vocabulary padded as the trainer pads it)."""
+    return model_shape(run.spec, _vocab(run.spec))
+
+
+def n_kept_checkpoints(run: PlannedRun) -> int:
+    """How many checkpoints a training run keeps (step 0 and the last K logged, or every logged step)."""
+    t = run.spec["train"]
+    return len(kept_checkpoints(t["steps"], t["log_every"], t["keep_checkpoints"], t["keep_all_checkpoints"]))
+
+
 def run_costs(plan: StudyPlan, run: PlannedRun) -> dict[str, float]:
     """FLOPs of training and bytes each fan-out stage writes for one training run."""
     spec, probe = run.spec, plan.study.probe
-    shape = model_shape(spec, _vocab(spec))
+    shape = run_shape(run)
     t = spec["train"]
     tokens = t["steps"] * t["batch_size"] * t["seq_len"]
     n_params = (shape.vocab_size * shape.d_model * 2
                 + shape.n_layers * (4 * shape.d_model**2 + 2 * shape.d_model * shape.ffn_dim))
-    n_ckpt = len(kept_checkpoints(t["steps"], t["log_every"], t["keep_checkpoints"], t["keep_all_checkpoints"]))
+    n_ckpt = n_kept_checkpoints(run)
     sets_tokens = measured_tokens(probe, t)
     act_dtype = 2 if probe.dtype == "float16" else 4
     per_ckpt_sites = shape.n_layers * len(probe.sites)

@@ -266,14 +266,41 @@ def _stop_reason(loss: float, step: int, initial_loss: float, early_stop_ratio: 
 
 def _logged_steps_in(log_path: Path) -> set[int]:
     """Steps that have a line in a JSON-lines log (none if the file is absent)."""
+    return {int(record["step"]) for record, _ in _complete_records(log_path)[0]}
+
+
+def _complete_records(log_path: Path) -> tuple[list[tuple[dict[str, Any], bytes]], int]:
+    """The records of a JSON-lines log (each with its line, newline included) up to its first incomplete line, and
+    the bytes from there to the end (0: all complete). A line is appended whole or, when the process dies mid-write
+    (a kill, a full disk), cut short: only the tail can be torn, and everything from the first bad line on is it."""
     if not log_path.exists():
-        return set()
-    return {int(json.loads(ln)["step"]) for ln in log_path.read_text().splitlines() if ln}
+        return [], 0
+    data = log_path.read_bytes()
+    records, pos = [], 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:  # no newline: the last write did not finish
+            break
+        line = data[pos:end]
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            break
+        if record is not None:
+            if not isinstance(record, dict) or "step" not in record:
+                break
+            records.append((record, data[pos:end + 1]))
+        pos = end + 1
+    return records, len(data) - pos
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines past the resume point, so a resumed log equals an uninterrupted one."""
-    if not log_path.exists():
-        return
-    lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    log_path.write_text("".join(ln + "\n" for ln in lines))
+    """Drop log lines past the resume point, so a resumed log equals an uninterrupted one, and a torn tail (one
+    warning line: the log goes on after its last complete record)."""
+    records, torn = _complete_records(log_path)
+    if torn:
+        last = f"step {records[-1][0]['step']}" if records else "none"
+        print(f"WARNING: {log_path}: dropped its torn end ({torn} bytes from its first incomplete line: a write cut "
+              f"short by a kill or a full disk); the log goes on after its last complete record ({last})", flush=True)
+    if log_path.exists():
+        log_path.write_bytes(b"".join(line for record, line in records if record["step"] <= step))

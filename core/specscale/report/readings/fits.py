@@ -91,7 +91,8 @@ def beta_table_reading(betas: pd.DataFrame, groups: pd.DataFrame, runs: pd.DataF
         above = pairs["trained"] > pairs["step0"]
         by_metric = ", ".join(f"{metric_name(m)} {k_of_n(above[pairs['metric'] == m].sum(), (pairs['metric'] == m).sum())}"
                               for m in FIT_METRICS if (pairs["metric"] == m).any())
-        parts.append(f"Trained β above its step-0 β in {k_of_n(above.sum(), len(pairs))} cells ({by_metric}).")
+        parts.append(f"Trained β above its step-0 β in {k_of_n(above.sum(), len(pairs))} cells ({by_metric}): "
+                     "point estimates, not a test (trained − step 0 is tested across seeds, β-across-seeds table).")
     hard = trained[trained["metric"] == "hard_rank"]
     cells = []
     for bucket in bucket_order(hard["bucket"]):
@@ -191,7 +192,24 @@ def seeds_reading(seeds: pd.DataFrame) -> Reading | None:
                 f"{interval(r['seed_ci95_low'], r['seed_ci95_high'], 2, sign=False)} ({plural(int(r['n_seeds']), 'seed')})")
 
     return Reading(n, SEED_INTERVAL, f"Widest between-seed interval: {cell(ok.idxmax())}; narrowest: "
-                                     f"{cell(ok.idxmin())}.")
+                                     f"{cell(ok.idxmin())}." + step0_contrast_text(seeds))
+
+
+def step0_contrast_text(seeds: pd.DataFrame) -> str:
+    """' Trained − step-0 β …: resolved in k of n cells …' from the fit stage's contrast columns (step0_*, one claim
+    each in results/claims.csv); '' where the table has none."""
+    if "step0_verdict" not in seeds:
+        return ""
+    v = seeds["step0_verdict"].fillna("not tested")
+    resolved = v == "resolved"
+    up, down = int((resolved & (seeds["step0_diff"] > 0)).sum()), int((resolved & (seeds["step0_diff"] < 0)).sum())
+    held = int((v == "not resolved").sum())
+    text = (f" Trained − step-0 β (paired t over seeds, Holm over its family): resolved in {k_of_n(up + down, len(v))} "
+            f"cells ({up} above step 0, {down} below)")
+    if held:
+        text += f"; in {held} the data cannot tell whether β moved from its step-0 value"
+    untested = int((v == "not tested").sum())
+    return text + (f"; {untested} not tested" if untested else "") + "."
 
 
 # --- TII ----------------------------------------------------------------------------------------------------------------

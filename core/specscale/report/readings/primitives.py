@@ -1,8 +1,9 @@
 """One-line readings of the report's numbers, computed from them: a sentence in the report is built here from the
 table it describes, so it can never contradict that table (issue: no fixed text beside a number).
 
-A reading of a difference states the estimate, its interval, the interval's kind and n, and a verdict: "resolved"
-when the interval excludes 0, "not resolved" otherwise, "no interval" when it could not be computed.
+A reading of a difference states the estimate, its interval, the interval adjusted for the claim's family, n and
+the claim's verdict from results/claims.csv (specscale.fit.claims): "resolved" when the adjusted interval excludes 0,
+"not resolved" otherwise, "not tested" without an interval.
 """
 
 from __future__ import annotations
@@ -40,17 +41,16 @@ def interval(low: float, high: float, digits: int = 2, sign: bool = True) -> str
     return f"[{f(low, digits)}, {f(high, digits)}]"
 
 
-def verdict(low: float, high: float) -> str:
-    """'resolved' when [low, high] excludes 0, 'not resolved' when it contains 0, 'no interval' when missing."""
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return "no interval"
-    return "resolved" if low > 0 or high < 0 else "not resolved"
-
-
-def difference_reading(what: str, estimate: float, low: float, high: float, n_text: str, digits: int = 2) -> str:
-    """'Muon − AdamW, TAIL β_hard: +0.12 [−0.05, +0.29], 3 seeds: not resolved'."""
-    ci = interval(low, high, digits)
-    return f"{what}: {signed(estimate, digits)}{' ' + ci if ci else ''}, {n_text}: {verdict(low, high)}"
+def claim_reading(what: str, estimate: float, low: float, high: float, low_adj: float, high_adj: float,
+                  n_text: str, verdict: object, adjusted: str = "", digits: int = 2) -> str:
+    """'muon − adamw, TAIL β_hard: +0.31 [+0.22, +0.39], Holm [+0.18, +0.43], 3 vs 3 seeds: resolved'. The verdict is
+    the claim's, from results/claims.csv (read on the adjusted interval, which is named `adjusted`; '' for the primary
+    endpoint, whose interval is not adjusted). No claim (NaN): 'not tested'."""
+    ci, adj = interval(low, high, digits), interval(low_adj, high_adj, digits)
+    parts = [f"{what}: {signed(estimate, digits)}" + (f" {ci}" if ci else "")]
+    if adjusted and adj:
+        parts.append(f"{adjusted} {adj}")
+    return ", ".join([*parts, n_text]) + f": {verdict if isinstance(verdict, str) and verdict else 'not tested'}"
 
 
 def plural(n: int, noun: str) -> str:
