@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,11 @@ def test_probe_set_save_load(tmp_path: Path) -> None:
     for name in BUCKET_NAMES:
         assert np.array_equal(loaded.bucket_indices[name], probe.bucket_indices[name])
     assert loaded.buckets == probe.buckets and loaded.seq_len == SEQ
+    # Saved twice, two seconds apart: the same bytes (np.savez would stamp each write's time into the zip).
+    first = (tmp_path / "probe" / "probe_set.npz").read_bytes()
+    time.sleep(2.1)  # zip timestamps have a resolution of 2 s
+    probe.save(tmp_path / "again")
+    assert (tmp_path / "again" / "probe_set.npz").read_bytes() == first
     # A tampered array is detected.
     with np.load(tmp_path / "probe" / "probe_set.npz") as data:
         arrays = dict(data)

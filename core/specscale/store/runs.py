@@ -47,6 +47,10 @@ SCRATCH_ENV = "SPECSCALE_SCRATCH"  # overrides runs/.scratch/ (e.g. node-local d
 KEY_LENGTH = 16
 CODE_FIELD = "code_fingerprint"  # provenance: {file: sha256} of the code that made the run (fingerprint.py)
 RUN_ID_FIELD = "run_id"  # provenance: unique per commit, so a run made from a since-recomputed input can be told
+# "<stage>:<seconds>": RunStore.commit of that stage prints a line and waits that long after the run's last file and
+# before it is published, so that the fault matrix (tests/test_faults.py) can kill a stage that writes its whole run
+# in well under a second inside its writes. Unset in every real run.
+TEST_HOLD_ENV = "SPECSCALE_TEST_HOLD"
 INPUT_RUNS_FIELD = "input_runs"  # provenance: {input stage: its run_id when this run was committed}
 # provenance: {input stage: integrity.contents_digest of that run when this run was committed}, so an input recomputed
 # byte-identical is not "recomputed" for the runs made from it (runs made before this field: run ids are compared)
@@ -142,6 +146,14 @@ def scratch_root(project_root: Path) -> Path:
     return Path(override) if override else Path(project_root) / RUNS_DIR / SCRATCH_DIR
 
 
+def _test_hold(stage: str, key: str) -> None:
+    """The fault matrix's hold (TEST_HOLD_ENV): a no-op unless the variable names this stage."""
+    name, _, seconds = os.environ.get(TEST_HOLD_ENV, "").partition(":")
+    if name == stage:
+        print(f"[{stage}] test hold: {key} written, not yet published ({seconds} s)", flush=True)
+        time.sleep(float(seconds or 0))
+
+
 class RunStore:
     """Finished runs under runs/<stage>/<key>/, work in progress under runs/.work/<stage>/<key>/."""
 
@@ -210,6 +222,7 @@ class RunStore:
                      INPUT_CONTENTS_FIELD: {s: contents_digest(self.final_dir(s, k), VOLATILE_FILES)
                                             for s, k in inputs.items()}})
         write_json(work / PROVENANCE_FILE, info)
+        _test_hold(stage, key)
         write_contents(work)  # what the run holds, checked before it is reused (integrity.py)
         (work / SUCCESS).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
         final.parent.mkdir(parents=True, exist_ok=True)

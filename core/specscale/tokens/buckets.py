@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -73,6 +74,17 @@ def _check_counts(counts: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
     if int(counts.sum()) == 0:
         raise ValueError("all counts are zero: no occurrences to bucket")
     return counts.astype(np.int64)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez with one fixed timestamp on every member: np.savez stamps the time of writing into the zip, so two
+    runs that computed the same arrays would differ in bytes, and a buckets run recomputed identical would read as
+    another input downstream (store/runs.py, input_contents). np.load reads it as it reads np.savez's."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(array), allow_pickle=False)
 
 
 @dataclass(frozen=True)
@@ -205,7 +217,7 @@ class ProbeSet:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {"windows": self.windows, "pooled_indices": self.pooled_indices}
         arrays.update({f"bucket_{name}": self.bucket_indices[name] for name in BUCKET_NAMES})
-        np.savez(directory / "probe_set.npz", **arrays)
+        write_npz(directory / "probe_set.npz", arrays)
         info = {
             "seq_len": self.seq_len,
             "n_seq": int(self.windows.shape[0]),
