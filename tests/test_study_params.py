@@ -33,3 +33,15 @@ def test_tiny_long_english_is_the_main_sweep_on_gcide(tmp_path):
     assert (study.data.doc_bytes, study.train.steps, dict(study.ablations)) == (1024, 1800, {})
     assert Counter((run.point.optimizer, run.point.width) for run in plan.train) == {
         (opt, k): 3 for opt in ("adamw", "muon") for k in (1, 2, 4, 8)}
+
+
+def test_the_headline_candidate_plans_three_seeds_for_the_primary_and_one_for_every_other_family(tmp_path):
+    study, plan = _plan(tmp_path, "headline-candidate")
+    assert (study.train.steps, study.fit.primary.comparison) == (600, "muon - adamw")
+    arms = Counter(arm for run in plan.train for arm in run.point.arms)
+    assert (arms["main"], arms["optimizers"], arms["heads"], arms["nope"], arms["postln"], arms["adamw_2x"]) == (
+        24, 12, 6, 6, 4, 3)
+    main = [run for run in plan.train if "main" in run.point.arms]
+    assert Counter((run.point.optimizer, run.point.seed) for run in main) == {
+        (opt, seed): 4 for opt in ("adamw", "muon") for seed in (0, 1, 2)}
+    assert {run.spec["optim"]["hparams"]["lr"] for run in main if run.point.optimizer == "adamw"} == {0.024}
