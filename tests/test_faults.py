@@ -447,16 +447,23 @@ def test_damaged_file_of_a_finished_run(fault: str, reference: dict, matrix, tmp
     MATRIX[(stage, fault)] = "recovered"
 
 
-def test_damaged_resume_state_restarts_the_run(reference: dict, matrix, tmp_path: Path) -> None:
+def _killed_after_first_resume_point(reference: dict, tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A project whose `dvc repro` was killed once a training run wrote its first resume point, and that run's file
+    `name` in the work area (its resume state, its log)."""
     project = _copy(reference, "train", tmp_path / "p")
     repro = Repro(project)
     # the first resume point (step 10) is written (tmp + os.replace: complete once visible); kill at once, since on a
     # fast machine the remaining 30 smoke steps finish, and the run leaves the work area, in well under a second
     repro.wait_for_file("runs/.work/train/*/resume.pt", project)
     repro.kill()
-    resumes = sorted((project / "runs" / ".work" / "train").glob("*/resume.pt"))
-    assert resumes, "a killed training run leaves its resume state in the work area"
-    LANDED[("train", "resume.pt damaged")] = [f"{resumes[0].relative_to(project)}: {_truncate(resumes[0])}"]
+    found = sorted((project / "runs" / ".work" / "train").glob(f"*/{name}"))
+    assert found, f"a killed training run leaves its {name} in the work area"
+    return project, found[0]
+
+
+def test_damaged_resume_state_restarts_the_run(reference: dict, matrix, tmp_path: Path) -> None:
+    project, resume = _killed_after_first_resume_point(reference, tmp_path, "resume.pt")
+    LANDED[("train", "resume.pt damaged")] = [f"{resume.relative_to(project)}: {_truncate(resume)}"]
     before = _finished_runs(project)
     out = _repro(project, check=False)
     text = out.stdout + out.stderr
@@ -469,15 +476,10 @@ def test_damaged_resume_state_restarts_the_run(reference: dict, matrix, tmp_path
 def test_torn_training_log_resumes(reference: dict, matrix, tmp_path: Path) -> None:
     """A killed training run whose log.jsonl ends in half a record (what a full disk or a crash mid-write leaves)
     resumes from its last complete record instead of failing on every later `dvc repro`."""
-    project = _copy(reference, "train", tmp_path / "p")
-    repro = Repro(project)
-    repro.wait_for_file("runs/.work/train/*/resume.pt", project)
-    repro.kill()
-    logs = sorted((project / "runs" / ".work" / "train").glob("*/log.jsonl"))
-    assert logs, "a killed training run leaves its log in the work area"
-    with open(logs[0], "a") as fh:
+    project, log = _killed_after_first_resume_point(reference, tmp_path, "log.jsonl")
+    with open(log, "a") as fh:
         fh.write('{"step": 99, "loss": 1.2')  # no closing brace, no newline
-    LANDED[("train", "log.jsonl torn")] = [f"{logs[0].relative_to(project)}: half a record appended"]
+    LANDED[("train", "log.jsonl torn")] = [f"{log.relative_to(project)}: half a record appended"]
     before = _finished_runs(project)
     out = _repro(project, check=False)
     text = out.stdout + out.stderr

@@ -9,28 +9,15 @@ per-batch loss would not), and a run with fewer logged steps than `max_points` i
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from specscale.store.runs import TRAIN_LOG_FILE, RunStore
+from specscale.store.runs import TRAIN_LOG_FILE, RunStore, complete_log_records
 
 CURVE_COLUMNS = ["run", "config", "optimizer", "width_mult", "seed", "step", "tokens", "loss"]
 MAX_POINTS = 200  # per run: enough to see a curve's shape in a 520-pixel-wide panel
-
-
-def read_log(path: Path) -> list[dict]:
-    """The complete records of a log.jsonl; a last line cut short by a crash (no closing brace) is left out."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # only a torn tail can fail here: the trainer writes one whole line per record
-    return records
 
 
 def block_means(steps: np.ndarray, losses: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +40,7 @@ def train_curves(runs: pd.DataFrame, store: RunStore, max_points: int = MAX_POIN
         path = store.final_dir("train", r.run) / TRAIN_LOG_FILE
         if not path.exists():
             continue
-        records = [x for x in read_log(path) if "loss" in x and "step" in x]
+        records = [x for x, _ in complete_log_records(path)[0] if "loss" in x]  # a torn tail left out
         if not records:
             continue
         steps = np.array([int(x["step"]) for x in records])

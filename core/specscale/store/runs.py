@@ -58,6 +58,31 @@ INPUT_CONTENTS_FIELD = "input_contents"
 VOLATILE_FILES = (PROVENANCE_FILE,)  # differ between two runs that computed the same bytes (times, run ids)
 
 
+def complete_log_records(log_path: Path) -> tuple[list[tuple[dict[str, Any], bytes]], int]:
+    """The records of a JSON-lines log (each with its line, newline included) up to its first incomplete line, and
+    the bytes from there to the end (0: all complete). A line is appended whole or, when the process dies mid-write
+    (a kill, a full disk), cut short: only the tail can be torn, and everything from the first bad line on is it."""
+    if not log_path.exists():
+        return [], 0
+    data = log_path.read_bytes()
+    records, pos = [], 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:  # no newline: the last write did not finish
+            break
+        line = data[pos:end]
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            break
+        if record is not None:
+            if not isinstance(record, dict) or "step" not in record:
+                break
+            records.append((record, data[pos:end + 1]))
+        pos = end + 1
+    return records, len(data) - pos
+
+
 def stable_hash(obj: Any) -> str:
     """SHA-256 of canonical JSON (sorted keys, no whitespace), shortened to KEY_LENGTH hex digits."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=True)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from specscale.train import distributed
-from specscale.store.runs import RESULT_FILE, TRAIN_LOG_FILE, VAL_LOG_FILE
+from specscale.store.runs import RESULT_FILE, TRAIN_LOG_FILE, VAL_LOG_FILE, complete_log_records
 from specscale.train.distributed import DistContext
 from specscale.model.build import (CHECKPOINT_DIR, autocast_context, build_model, checkpoint_path, kept_checkpoints,
                                    logged_steps, resolve_device)
@@ -266,38 +266,13 @@ def _stop_reason(loss: float, step: int, initial_loss: float, early_stop_ratio: 
 
 def _logged_steps_in(log_path: Path) -> set[int]:
     """Steps that have a line in a JSON-lines log (none if the file is absent)."""
-    return {int(record["step"]) for record, _ in _complete_records(log_path)[0]}
-
-
-def _complete_records(log_path: Path) -> tuple[list[tuple[dict[str, Any], bytes]], int]:
-    """The records of a JSON-lines log (each with its line, newline included) up to its first incomplete line, and
-    the bytes from there to the end (0: all complete). A line is appended whole or, when the process dies mid-write
-    (a kill, a full disk), cut short: only the tail can be torn, and everything from the first bad line on is it."""
-    if not log_path.exists():
-        return [], 0
-    data = log_path.read_bytes()
-    records, pos = [], 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        if end < 0:  # no newline: the last write did not finish
-            break
-        line = data[pos:end]
-        try:
-            record = json.loads(line) if line.strip() else None
-        except ValueError:
-            break
-        if record is not None:
-            if not isinstance(record, dict) or "step" not in record:
-                break
-            records.append((record, data[pos:end + 1]))
-        pos = end + 1
-    return records, len(data) - pos
+    return {int(record["step"]) for record, _ in complete_log_records(log_path)[0]}
 
 
 def _truncate_log(log_path: Path, step: int) -> None:
     """Drop log lines past the resume point, so a resumed log equals an uninterrupted one, and a torn tail (one
     warning line: the log goes on after its last complete record)."""
-    records, torn = _complete_records(log_path)
+    records, torn = complete_log_records(log_path)
     if torn:
         last = f"step {records[-1][0]['step']}" if records else "none"
         print(f"WARNING: {log_path}: dropped its torn end ({torn} bytes from its first incomplete line: a write cut "
