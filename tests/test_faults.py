@@ -141,12 +141,13 @@ class Repro:
         self.reader.join(5)
 
     def kill_inside(self, project: Path, stage: str) -> str | None:
-        """SIGKILL the whole group now; where it landed ('<stage> command running, N partial files in …') when the
-        stage's command was alive at the kill and (for a stage that owns runs) its work area held unfinished files;
-        None when the kill came too late for that (the stage had ended, or the group was gone)."""
+        """SIGKILL the whole group now; where it landed ('<stage> command running, N unfinished files in …') when the
+        stage's command was alive at the kill and (for a stage that owns runs) its work area still holds unfinished
+        files after it (nothing moves them once the group is dead, so they were unfinished at the kill); None when the
+        kill came too late for that (the stage had ended or published its run, or the group was gone)."""
         alive = _stage_processes(self.proc.pid, stage) if self.proc.poll() is None else []
-        partial = _partial_files(project, stage) if stage in FAN_OUT else []
         self.kill()
+        partial = _partial_files(project, stage) if stage in FAN_OUT else []
         if not alive or (stage in FAN_OUT and not partial):
             return None
         if stage not in FAN_OUT:
@@ -230,13 +231,15 @@ def _check_recovered(project: Path, reference: dict, before: dict[tuple[str, str
 def test_sigkill_anywhere_in_a_stage(stage: str, reference: dict, matrix, tmp_path: Path) -> None:
     """Kill the whole `dvc repro` group at a seeded point inside the stage, and prove it landed there: the stage's
     command was running and, for a stage that owns runs, its work area held unfinished files. A kill that came too
-    late is retried sooner (half the delay); a point with no landed kill in KILL_TRIES fails the cell."""
+    late is retried sooner (half the delay, the last try at the first unfinished file); a point with no landed kill
+    in KILL_TRIES fails the cell."""
     rng = random.Random(f"kill-{stage}")
     outcomes: list[str] = []
     landings: list[str] = []
     for point in range(KILLS_PER_STAGE):
-        delay = rng.uniform(0.0, 0.8 * reference["durations"][stage])
-        for attempt in range(KILL_TRIES):
+        first = rng.uniform(0.0, 0.8 * reference["durations"][stage])
+        # a kill that came too late is tried sooner; the last try kills at the first unfinished file it sees
+        for attempt, delay in enumerate([first / 2 ** i for i in range(KILL_TRIES - 1)] + [0.0]):
             project = _copy(reference, stage, tmp_path / f"p{point}-{attempt}")
             repro = Repro(project, {TEST_HOLD_ENV: f"{stage}:{HOLD_SECONDS}"} if stage in HELD else None)
             repro.wait_for(f"Running stage '{stage}'")
@@ -246,11 +249,12 @@ def test_sigkill_anywhere_in_a_stage(stage: str, reference: dict, matrix, tmp_pa
             elif stage in FAN_OUT:  # the seeded delay counts from the stage's first unfinished file
                 _wait_for_partial(repro, project, stage)
             time.sleep(delay)
+            if stage in FAN_OUT and stage not in HELD:  # between two runs: kill once the next one has begun its work
+                _poll_for_partial(repro, project, stage)
             landed = repro.kill_inside(project, stage)
             if landed:
                 landings.append(f"{delay:.2f} s{' into the test hold' if stage in HELD else ''}: {landed}")
                 break
-            delay /= 2
         else:
             raise AssertionError(f"no kill landed inside {stage} in {KILL_TRIES} tries (last delay {delay:.3f} s)")
         before = _finished_runs(project)
@@ -266,6 +270,17 @@ def test_sigkill_anywhere_in_a_stage(stage: str, reference: dict, matrix, tmp_pa
         _check_recovered(project, reference, before)
     MATRIX[(stage, "SIGKILL")] = " ".join(["recovered", *sorted(set(outcomes))])
     LANDED[(stage, "SIGKILL")] = landings
+
+
+def _poll_for_partial(repro: Repro, project: Path, stage: str) -> None:
+    """Return as soon as the stage's work area holds an unfinished file, or its command has ended."""
+    checked = time.monotonic()
+    while not _partial_files(project, stage) and repro.proc.poll() is None:
+        if time.monotonic() - checked > 0.1:  # reading /proc costs milliseconds: look for the command 10 times a second
+            if not _stage_processes(repro.proc.pid, stage):
+                return
+            checked = time.monotonic()
+        time.sleep(0.002)
 
 
 def _wait_for_partial(repro: Repro, project: Path, stage: str, timeout: float = 300) -> None:
