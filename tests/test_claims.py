@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from specscale.fit.claims import CLAIM_COLUMNS, PRIMARY, STEP0, TRAINED, Primary
-from specscale.fit.multiplicity import holm_adjust
+from specscale.fit.claims import PRIMARY, STEP0, TRAINED, Primary
+from specscale.stats.intervals import CLAIM_COLUMNS
+from specscale.stats.multiplicity import holm_adjust
 from specscale.study.spec import PRIMARY_BUCKETS, PRIMARY_METRICS, PrimarySpec, SpecError, load_study
 from tolerances import rounding_tol
 

@@ -12,7 +12,8 @@ import pytest
 from helpers import make_smoke_project, run, smoke_params
 from test_claims import check_readings_against_claims
 
-from specscale.fit.claims import CLAIM_COLUMNS, PRIMARY
+from specscale.fit.claims import PRIMARY
+from specscale.stats.intervals import CLAIM_COLUMNS
 
 
 pytestmark = pytest.mark.slow  # a second smoke study (12 runs, minutes on 2 cores); test_pipeline checks one seed

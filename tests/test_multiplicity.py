@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from specscale.fit.multiplicity import bonferroni_level, holm_adjust, holm_levels
+from specscale.stats.multiplicity import bonferroni_level, holm_adjust, holm_levels
 
 
 def test_holm_adjusted_p_values_by_hand() -> None:

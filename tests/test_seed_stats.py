@@ -12,7 +12,8 @@ import pytest
 from scipy import stats
 
 from specscale.fit.fit import fit_seeds
-from specscale.fit.seed_stats import betas_per_step, gap_interval, optimizer_gaps, seed_means
+from specscale.fit.seed_stats import betas_per_step, optimizer_gaps, seed_means
+from specscale.stats.intervals import gap_interval
 from tolerances import rounding_tol
 
 F64 = np.float64

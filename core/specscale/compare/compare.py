@@ -7,6 +7,8 @@ Outputs (results/compare/, every file always written, empty when its family is n
   arch_vs_optimizer.csv     |β_ablated − β_base| vs the optimizer gain, one row per comparison, every β on the widths
                             the ablation and its base share (+ .json: k of n, exceptions, missing, skipped);
                             optimizer_gain.csv: the gains on each base group's own widths
+  arch_claims.csv           the same over seeds, in the claims format: architecture shift, optimizer gain and
+                            gain − |shift| per cell, each with its interval, Holm over its family, and verdict
   matched_loss_ppl.csv      groups differing only in train.steps: perplexity per width beside the base group
   matched_loss_beta.csv     ... and their β side by side, on the widths they share
   ppl_by_width.csv          validation perplexity per run (+ ppl_table.csv: group × width, × = diverged)
@@ -34,6 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from specscale.compare import comparisons as cmp
+from specscale.compare.arch_claims import arch_claims
 from specscale.tokens.sets import POOLED
 from specscale.compare.figure_data import beta_interval_data, first_seed, rank_width_data
 from specscale.compare.paper import load_published, our_cells, side_by_side
@@ -145,6 +148,7 @@ COMPARE_TABLES: tuple[CompareTable, ...] = (
     CompareTable("groups", lambda c: c.groups.drop(columns="varied_d")),
     CompareTable("arch_vs_optimizer", lambda c: c.arch.table),
     CompareTable("optimizer_gain", lambda c: c.arch.gains),
+    CompareTable("arch_claims", lambda c: arch_claims(c.arch.table, c.reference)),
     CompareTable("matched_loss_ppl", lambda c: c.matched[0]),
     CompareTable("matched_loss_beta", lambda c: c.matched[1]),
     CompareTable("ppl_by_width", lambda c: c.ppl, read_as={"cell": str}),

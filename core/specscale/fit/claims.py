@@ -1,7 +1,7 @@
 """results/claims.csv: every difference the report states, each with the test behind it and the family it is
 judged in, so that a claim rests on a computed test and not on one of many intervals read one by one.
 
-Families (the `family` column; α = 0.05 in each, specscale.fit.multiplicity):
+Families (the `family` column; α = 0.05 in each, specscale.stats.multiplicity):
   primary                          the one endpoint declared in the spec (fit.primary), 95%, not adjusted
   optimizer differences, trained   every other trained β(optimizer) − β(reference) at the headline site, every arm,
                                    set and metric: Holm over the family
@@ -26,27 +26,19 @@ import numpy as np
 import pandas as pd
 
 from specscale.fit.contrasts import CONTRAST, bucket_contrast_betas, bucket_ratio_points, step0_contrasts
-from specscale.fit.multiplicity import ALPHA, bonferroni_level, holm_levels
-from specscale.fit.seed_stats import gap_interval, optimizer_gaps, seed_values
+from specscale.stats.multiplicity import ALPHA, bonferroni_level, holm_levels
+from specscale.fit.seed_stats import optimizer_gaps, seed_values
 from specscale.measure.registry import display_name
+from specscale.stats.intervals import TESTS, gap_interval, verdict
 from specscale.study.spec import FINAL_STEP, PrimarySpec, split_comparison
 
-CLAIM_COLUMNS = ["claim", "family", "estimate", "lo", "hi", "lo_adj", "hi_adj", "method", "n", "widths", "verdict"]
 PRIMARY, TRAINED, BUCKETS, STEP0 = "primary", "optimizer differences, trained", "TAIL − GLOBAL", "trained − step 0"
 OVER_TRAINING = "over training"  # the family of one curve: 'over training: <comparison>: <set> β_<metric> <site>'
-TESTS = {"welch": "Welch t over seeds", "paired": "paired t over seeds"}
 TRAINED_KEYS = ["phase", "bucket", "site", "metric"]
 STEP_KEYS = ["step", "bucket", "site", "metric"]
 # what the gap tables carry of their claim (beta_gaps*.csv); betas_seeds.csv gets them prefixed 'step0_'
 CARRIED = {"claim": "claim", "family": "family", "lo_adj": "diff_adj_low", "hi_adj": "diff_adj_high",
            "method": "method", "verdict": "verdict"}
-
-
-def verdict(lo: float, hi: float) -> str:
-    """'resolved' (the interval excludes 0), 'not resolved' (it holds 0) or 'not tested' (no interval)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "not tested"
-    return "resolved" if lo > 0 or hi < 0 else "not resolved"
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from specscale.fit.seed_stats import gap_interval, seed_json
+from specscale.fit.seed_stats import seed_json
 from specscale.fit.shared_widths import group_widths, widths_label
 from specscale.measure.registry import FIT_METRICS
+from specscale.stats.intervals import gap_interval
 
 CONTRAST = ("TAIL", "GLOBAL")  # the rare-token set against the pooled one
 CONTRAST_BUCKET = "TAIL-GLOBAL"  # the `bucket` of contrast rows in beta_gaps.csv (as TII's 'TAIL-HEAD' in ranks.csv)

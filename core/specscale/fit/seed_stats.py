@@ -19,16 +19,13 @@ inside one context (an arm with its own lrs is compared within itself, never aga
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 from specscale.fit.laws import fit_points, seed_mean_interval
 from specscale.fit.shared_widths import MIN_SHARED, Widths, common_widths, group_widths, refit, widths_label
 from specscale.measure.registry import FIT_METRICS
-from specscale.study.spec import GAP_INTERVALS
+from specscale.stats.intervals import gap_interval
 
 STEP_KEYS = ["group", "step", "bucket", "site", "metric"]  # one β per combination in betas_steps.csv
 PASSTHROUGH = ("config", "varied", "arms", "tokens_per_step")  # labels shared by a seed group's groups
@@ -84,60 +81,6 @@ def seed_means(betas: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                      "n_seeds": s.n, "beta_mean": s.mean, "beta_sd": s.sd, "seed_ci95_low": s.ci_low,
                      "seed_ci95_high": s.ci_high})
     return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class Gap:
-    """β(optimizer) − β(reference) over seeds: means, difference, its interval, the ns on each side and the test's
-    two-sided p-value (NaN without an interval)."""
-
-    mean: float
-    ref_mean: float
-    diff: float
-    low: float
-    high: float
-    n: int
-    n_ref: int
-    p: float = math.nan
-
-
-def _flat(diff: float) -> tuple[float, float, float]:
-    """(low, high, p) when no seed differs from another: the interval is the point and any difference is certain
-    (scipy's t would be 0/0 or ±∞)."""
-    return diff, diff, 0.0 if diff != 0.0 else 1.0
-
-
-def gap_interval(values: dict[int, float], ref: dict[int, float], kind: str = "welch", level: float = 0.95) -> Gap:
-    """values, ref: seed → β. welch: the two seed samples as independent (scipy's ttest_ind, equal_var=False:
-    Welch–Satterthwaite dof); paired: the per-seed differences over the seeds both sides have (ttest_rel, n − 1 dof).
-    The interval is the test's confidence interval at `level`. No interval with < 2 seeds."""
-    if kind not in GAP_INTERVALS:
-        raise ValueError(f"fit.gap_interval {kind!r} is not one of {', '.join(GAP_INTERVALS)}")
-    a = np.array([v for v in values.values() if math.isfinite(v)], dtype=np.float64)
-    b = np.array([v for v in ref.values() if math.isfinite(v)], dtype=np.float64)
-    mean = float(a.mean()) if a.size else math.nan
-    ref_mean = float(b.mean()) if b.size else math.nan
-    if kind == "paired":
-        common = sorted(s for s in set(values) & set(ref) if math.isfinite(values[s]) and math.isfinite(ref[s]))
-        pa, pb = np.array([values[k] for k in common]), np.array([ref[k] for k in common])
-        diff = float((pa - pb).mean()) if common else mean - ref_mean
-        if len(common) < 2:
-            return Gap(mean, ref_mean, diff, math.nan, math.nan, len(common), len(common))
-        if np.ptp(pa - pb) == 0.0:
-            low, high, p = _flat(diff)
-            return Gap(mean, ref_mean, diff, low, high, len(common), len(common), p)
-        res = stats.ttest_rel(pa, pb)
-        ci = res.confidence_interval(confidence_level=level)
-        return Gap(mean, ref_mean, diff, float(ci.low), float(ci.high), len(common), len(common), float(res.pvalue))
-    diff = mean - ref_mean
-    if a.size < 2 or b.size < 2:
-        return Gap(mean, ref_mean, diff, math.nan, math.nan, int(a.size), int(b.size))
-    if np.ptp(a) == 0.0 and np.ptp(b) == 0.0:  # every seed gave the same β on both sides
-        low, high, p = _flat(diff)
-        return Gap(mean, ref_mean, diff, low, high, int(a.size), int(b.size), p)
-    res = stats.ttest_ind(a, b, equal_var=False)
-    ci = res.confidence_interval(confidence_level=level)
-    return Gap(mean, ref_mean, diff, float(ci.low), float(ci.high), int(a.size), int(b.size), float(res.pvalue))
 
 
 def seed_values(text: str) -> dict[int, float]:

@@ -34,6 +34,7 @@ from specscale.compare.figure_data import (
     loss_curve_data,
     rank_width_data,
 )
+from specscale.stats.intervals import CLAIM_COLUMNS
 from specscale.study.plan import StudyPlan
 from specscale.study.spec import to_container
 
@@ -122,7 +123,6 @@ def study_context(plan: StudyPlan) -> dict[str, Any]:
     }
 
 
-CLAIM_COLUMNS = ["claim", "family", "estimate", "lo", "hi", "lo_adj", "hi_adj", "method", "n", "widths", "verdict"]
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -150,12 +150,13 @@ def _results(r: ReportInputs) -> Body:
         b.paragraphs.append(f"**Primary endpoint** — {row.claim}: {row.estimate:+.2f} {_interval(row.lo, row.hi)} "
                             f"({row.method}; n {row.n}; widths {row.widths}): **{row.verdict}**.")
     counts = claims["verdict"].value_counts()
-    b.paragraphs.append(f"{len(claims)} claims in `results/claims.csv`: " + ", ".join(
+    b.paragraphs.append(f"{len(claims)} claims in `results/claims.csv` and `results/compare/arch_claims.csv`: " + ", ".join(
         f"{int(counts[v])} {v}" for v in ("resolved", "not resolved", "not tested") if v in counts) + ". A claim is "
         "resolved when its adjusted interval excludes 0: the primary endpoint at 95% (not adjusted), a claim over "
         "training inside a band simultaneous over the kept steps (Bonferroni), every other claim at the level Holm's "
         "step-down tests it at within its family (`method` names it). Unadjusted intervals are shown beside.")
-    b.tables.append(("Every claim the report states, with its test (results/claims.csv)", claims_table(claims)))
+    b.tables.append(("Every claim the report states, with its test (results/claims.csv, "
+                     "results/compare/arch_claims.csv)", claims_table(claims)))
     return b
 
 
@@ -323,6 +324,7 @@ def _arch(r: ReportInputs) -> Body:
     exc = rc.exceptions_reading(exceptions, k, n)
     every = rc.arch_reading(table)
     b.paragraphs += [exc.table_line(exc_title)] + ([every.table_line(all_title)] if every else [])
+    b.paragraphs.append(rc.arch_claims_text(r["arch_claims"]))
     b.tables.append((exc.caption(exc_title), exceptions))
     if a.get("missing"):
         b.tables.append((f"Missing cells (excluded from n) — {rd.n_text(rd.plural(len(a['missing']), 'cell'))}",

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from specscale.compare.arch_claims import MARGIN as MARGIN_FAMILY
 from specscale.report.readings.primitives import (
     NO_INTERVAL,
     RHO_TOL,
@@ -202,6 +203,24 @@ def arch_reading(table: pd.DataFrame) -> Reading | None:
         text += (f"; smallest margin gain − shift {signed(margin.min(), 3)} ({r['ablation']}, {r['optimizer']}, "
                  f"{r['bucket']} {metric_name(r['metric'])})")
     return Reading(_arch_n(table), "β point estimates, " + NO_INTERVAL, text + ".")
+
+
+def arch_claims_text(claims: pd.DataFrame) -> str:
+    """What the seeds say of the same cells (compare's arch_claims.csv, gain − |shift| per cell, Holm): how many
+    cells resolved in either direction, or that none could be tested."""
+    margin = claims[claims["family"] == MARGIN_FAMILY] if not claims.empty else claims
+    if margin.empty:
+        return "Over seeds: no cell of an ablation with its base (results/compare/arch_claims.csv is empty)."
+    tested = margin[margin["verdict"] != "not tested"]
+    if tested.empty:
+        return (f"Over seeds: none of the {plural(len(margin), 'cell')} is tested (one seed a side), so the counts "
+                "above are single-seed point estimates; results/compare/arch_claims.csv lists them as not tested.")
+    above = int(((tested["verdict"] == "resolved") & (tested["estimate"] > 0)).sum())
+    below = int(((tested["verdict"] == "resolved") & (tested["estimate"] < 0)).sum())
+    return (f"Over seeds (gain − |shift| per cell, paired t, Holm over {plural(len(tested), 'tested cell')}): the "
+            f"gain exceeds the shift, resolved, in {above}; the shift exceeds the gain, resolved, in {below}; "
+            f"{len(tested) - above - below} not resolved; {len(margin) - len(tested)} not tested "
+            "(results/compare/arch_claims.csv).")
 
 
 def arch_figure_reading(table: pd.DataFrame) -> Reading | None:

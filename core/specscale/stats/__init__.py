@@ -1,0 +1,1 @@
+"""Statistics shared by the fit and compare stages: intervals over seeds, verdicts and multiple-testing levels."""
