@@ -192,3 +192,11 @@ def test_a_comparison_refits_both_sides_on_the_widths_they_share() -> None:
     # without the points there is nothing to refit: the row says which widths each side had
     (raw,) = optimizer_gaps(own, runs, "adamw", keys).itertuples()
     assert raw.widths == "1,2,4/1,2,4,8 vs 1,2,4,8" and abs(raw.diff - 0.4) > 0.01
+
+
+def test_the_spec_offers_exactly_the_intervals_stats_computes() -> None:
+    """fit.gap_interval's choices (study/spec.py) are the kinds specscale.stats.intervals computes and names."""
+    from specscale.stats.intervals import TESTS
+    from specscale.study.spec import GAP_INTERVALS
+
+    assert tuple(TESTS) == GAP_INTERVALS

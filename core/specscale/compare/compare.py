@@ -11,6 +11,8 @@ Outputs (results/compare/, every file always written, empty when its family is n
                             gain − |shift| per cell, each with its interval, Holm over its family, and verdict
   matched_loss_ppl.csv      groups differing only in train.steps: perplexity per width beside the base group
   matched_loss_beta.csv     ... and their β side by side, on the widths they share
+  matched_claims.csv        the same over seeds, in the claims format: longer − base and every other optimizer −
+                            the longer-trained group, each with its interval, Holm over its family, and verdict
   ppl_by_width.csv          validation perplexity per run (+ ppl_table.csv: group × width, × = diverged)
   postln.csv                partial PostLN: optimizer × fraction, perplexity or ×
   renyi.csv                 pre rank, post rank and ρ_α per run, bucket and α
@@ -37,6 +39,7 @@ import xarray as xr
 
 from specscale.compare import comparisons as cmp
 from specscale.compare.arch_claims import arch_claims
+from specscale.compare.matched_claims import matched_claims
 from specscale.tokens.sets import POOLED
 from specscale.compare.figure_data import beta_interval_data, first_seed, rank_width_data
 from specscale.compare.paper import load_published, our_cells, side_by_side
@@ -149,6 +152,7 @@ COMPARE_TABLES: tuple[CompareTable, ...] = (
     CompareTable("arch_vs_optimizer", lambda c: c.arch.table),
     CompareTable("optimizer_gain", lambda c: c.arch.gains),
     CompareTable("arch_claims", lambda c: arch_claims(c.arch.table, c.reference)),
+    CompareTable("matched_claims", lambda c: matched_claims(c.betas, c.groups, c.shared)),
     CompareTable("matched_loss_ppl", lambda c: c.matched[0]),
     CompareTable("matched_loss_beta", lambda c: c.matched[1]),
     CompareTable("ppl_by_width", lambda c: c.ppl, read_as={"cell": str}),

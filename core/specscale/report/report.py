@@ -59,8 +59,8 @@ def load_inputs(results: Path, context: dict[str, Any], choices: list[str]) -> R
     """Every table the sections read (results/*.csv, results/compare/*.csv) and the compare stage's summaries."""
     tables = {name: read_csv(results / f"{name}.csv") for name in RESULT_TABLES}
     tables.update(read_compare_tables(results))
-    # every claim the report states, in one table: the fit stage's and the compare stage's over seeds
-    parts = [t for t in (tables["claims"], tables["arch_claims"]) if not t.empty]
+    # every claim the report states, in one table: the fit stage's and the compare stage's (over seeds)
+    parts = [t for t in (tables["claims"], tables["arch_claims"], tables["matched_claims"]) if not t.empty]
     tables["claims"] = pd.concat(parts, ignore_index=True) if parts else tables["claims"]
     return ReportInputs(tables, arch=_json(results / "compare" / "arch_vs_optimizer.json"),
                         summary=_json(results / "compare" / "summary.json"), context=context, choices=choices)

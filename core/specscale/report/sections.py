@@ -34,6 +34,8 @@ from specscale.compare.figure_data import (
     loss_curve_data,
     rank_width_data,
 )
+from specscale.compare.arch_claims import MARGIN
+from specscale.compare.matched_claims import MATCHED
 from specscale.stats.intervals import CLAIM_COLUMNS
 from specscale.study.plan import StudyPlan
 from specscale.study.spec import to_container
@@ -150,13 +152,14 @@ def _results(r: ReportInputs) -> Body:
         b.paragraphs.append(f"**Primary endpoint** — {row.claim}: {row.estimate:+.2f} {_interval(row.lo, row.hi)} "
                             f"({row.method}; n {row.n}; widths {row.widths}): **{row.verdict}**.")
     counts = claims["verdict"].value_counts()
-    b.paragraphs.append(f"{len(claims)} claims in `results/claims.csv` and `results/compare/arch_claims.csv`: " + ", ".join(
-        f"{int(counts[v])} {v}" for v in ("resolved", "not resolved", "not tested") if v in counts) + ". A claim is "
+    tally = ", ".join(f"{int(counts[v])} {v}" for v in ("resolved", "not resolved", "not tested") if v in counts)
+    b.paragraphs.append(
+        f"{len(claims)} claims in `results/claims.csv` and `results/compare/*_claims.csv`: {tally}. A claim is "
         "resolved when its adjusted interval excludes 0: the primary endpoint at 95% (not adjusted), a claim over "
         "training inside a band simultaneous over the kept steps (Bonferroni), every other claim at the level Holm's "
         "step-down tests it at within its family (`method` names it). Unadjusted intervals are shown beside.")
     b.tables.append(("Every claim the report states, with its test (results/claims.csv, "
-                     "results/compare/arch_claims.csv)", claims_table(claims)))
+                     "results/compare/arch_claims.csv, results/compare/matched_claims.csv)", claims_table(claims)))
     return b
 
 
@@ -286,6 +289,9 @@ def _matched(r: ReportInputs) -> Body:
     ppl_title, ppl_reading = "Matched loss: validation perplexity by width", rc.matched_ppl_reading(
         r["matched_loss_ppl"])
     b.paragraphs += [x.table_line(t) for x, t in ((reading, title), (ppl_reading, ppl_title)) if x]
+    b.paragraphs.append(rc.seed_claims_text(r["matched_claims"], MATCHED, "results/compare/matched_claims.csv",
+                                            "another optimizer's β is above the longer-trained group's",
+                                            "it is below"))
     b.tables.append((reading.caption(title) if reading else title, rt.bucket_sort(r["matched_loss_beta"])))
     if not r["matched_loss_ppl"].empty:
         b.tables.append((ppl_reading.caption(ppl_title) if ppl_reading else ppl_title,
@@ -324,7 +330,9 @@ def _arch(r: ReportInputs) -> Body:
     exc = rc.exceptions_reading(exceptions, k, n)
     every = rc.arch_reading(table)
     b.paragraphs += [exc.table_line(exc_title)] + ([every.table_line(all_title)] if every else [])
-    b.paragraphs.append(rc.arch_claims_text(r["arch_claims"]))
+    b.paragraphs.append(rc.seed_claims_text(r["arch_claims"], MARGIN, "results/compare/arch_claims.csv",
+                                            "the optimizer gain exceeds the architecture shift",
+                                            "the shift exceeds the gain"))
     b.tables.append((exc.caption(exc_title), exceptions))
     if a.get("missing"):
         b.tables.append((f"Missing cells (excluded from n) — {rd.n_text(rd.plural(len(a['missing']), 'cell'))}",

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from specscale.compare.arch_claims import MARGIN as MARGIN_FAMILY
 from specscale.report.readings.primitives import (
     NO_INTERVAL,
     RHO_TOL,
@@ -205,22 +204,21 @@ def arch_reading(table: pd.DataFrame) -> Reading | None:
     return Reading(_arch_n(table), "β point estimates, " + NO_INTERVAL, text + ".")
 
 
-def arch_claims_text(claims: pd.DataFrame) -> str:
-    """What the seeds say of the same cells (compare's arch_claims.csv, gain − |shift| per cell, Holm): how many
-    cells resolved in either direction, or that none could be tested."""
-    margin = claims[claims["family"] == MARGIN_FAMILY] if not claims.empty else claims
-    if margin.empty:
-        return "Over seeds: no cell of an ablation with its base (results/compare/arch_claims.csv is empty)."
-    tested = margin[margin["verdict"] != "not tested"]
+def seed_claims_text(claims: pd.DataFrame, family: str, source: str, above: str, below: str) -> str:
+    """What the seeds say of one family of the compare stage's claims (arch_claims.csv, matched_claims.csv): how
+    many cells resolved in either direction (`above`: estimate > 0), or that none could be tested."""
+    rows = claims[claims["family"] == family] if not claims.empty else claims
+    if rows.empty:
+        return f"Over seeds: no {family} cell ({source} is empty)."
+    tested = rows[rows["verdict"] != "not tested"]
     if tested.empty:
-        return (f"Over seeds: none of the {plural(len(margin), 'cell')} is tested (one seed a side), so the counts "
-                "above are single-seed point estimates; results/compare/arch_claims.csv lists them as not tested.")
-    above = int(((tested["verdict"] == "resolved") & (tested["estimate"] > 0)).sum())
-    below = int(((tested["verdict"] == "resolved") & (tested["estimate"] < 0)).sum())
-    return (f"Over seeds (gain − |shift| per cell, paired t, Holm over {plural(len(tested), 'tested cell')}): the "
-            f"gain exceeds the shift, resolved, in {above}; the shift exceeds the gain, resolved, in {below}; "
-            f"{len(tested) - above - below} not resolved; {len(margin) - len(tested)} not tested "
-            "(results/compare/arch_claims.csv).")
+        return (f"Over seeds: none of the {plural(len(rows), family + ' cell')} is tested (one seed a side), so the "
+                f"numbers above are single-seed point estimates; {source} lists them as not tested.")
+    up = int(((tested["verdict"] == "resolved") & (tested["estimate"] > 0)).sum())
+    down = int(((tested["verdict"] == "resolved") & (tested["estimate"] < 0)).sum())
+    return (f"Over seeds ({family}, paired t, Holm over {plural(len(tested), 'tested cell')}): {above}, resolved, "
+            f"in {up}; {below}, resolved, in {down}; {len(tested) - up - down} not resolved; "
+            f"{len(rows) - len(tested)} not tested ({source}).")
 
 
 def arch_figure_reading(table: pd.DataFrame) -> Reading | None:
