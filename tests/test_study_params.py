@@ -45,3 +45,14 @@ def test_the_headline_candidate_plans_three_seeds_for_the_primary_and_one_for_ev
     assert Counter((run.point.optimizer, run.point.seed) for run in main) == {
         (opt, seed): 4 for opt in ("adamw", "muon") for seed in (0, 1, 2)}
     assert {run.spec["optim"]["hparams"]["lr"] for run in main if run.point.optimizer == "adamw"} == {0.024}
+
+
+def test_arch_and_matched_loss_shares_the_candidates_main_sweep_and_seeds_every_arm(tmp_path):
+    study, plan = _plan(tmp_path / "a", "arch-and-matched-loss")
+    _, candidate = _plan(tmp_path / "c", "headline-candidate")
+    arms = Counter(arm for run in plan.train for arm in run.point.arms)
+    assert (arms["main"], arms["heads"], arms["nope"], arms["adamw_2x"]) == (24, 18, 18, 9)
+    assert {run.point.seed for run in plan.train} == {0, 1, 2}
+    # the main sweep is the same runs (same keys): cached when the candidate ran
+    main = {run.key for run in plan.train if "main" in run.point.arms}
+    assert main == {run.key for run in candidate.train if "main" in run.point.arms}
