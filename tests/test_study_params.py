@@ -35,24 +35,28 @@ def test_tiny_long_english_is_the_main_sweep_on_gcide(tmp_path):
         (opt, k): 3 for opt in ("adamw", "muon") for k in (1, 2, 4, 8)}
 
 
-def test_the_headline_candidate_plans_three_seeds_for_the_primary_and_one_for_every_other_family(tmp_path):
-    study, plan = _plan(tmp_path, "headline-candidate")
+def test_the_default_plans_three_seeds_for_the_primary_and_one_for_every_other_family(tmp_path):
+    params = make_project(tmp_path, (REPO / "params.yaml").read_text())
+    study = load_study(params)
+    plan = plan_study(study, params)
     assert (study.train.steps, study.fit.primary.comparison) == (600, "muon - adamw")
     arms = Counter(arm for run in plan.train for arm in run.point.arms)
     assert (arms["main"], arms["optimizers"], arms["heads"], arms["nope"], arms["postln"], arms["adamw_2x"]) == (
-        24, 12, 6, 6, 4, 3)
+        24, 9, 6, 6, 2, 3)
+    assert len(plan.train) == 50
     main = [run for run in plan.train if "main" in run.point.arms]
     assert Counter((run.point.optimizer, run.point.seed) for run in main) == {
         (opt, seed): 4 for opt in ("adamw", "muon") for seed in (0, 1, 2)}
     assert {run.spec["optim"]["hparams"]["lr"] for run in main if run.point.optimizer == "adamw"} == {0.024}
 
 
-def test_arch_and_matched_loss_shares_the_candidates_main_sweep_and_seeds_every_arm(tmp_path):
+def test_arch_and_matched_loss_shares_the_defaults_main_sweep_and_seeds_every_arm(tmp_path):
     study, plan = _plan(tmp_path / "a", "arch-and-matched-loss")
-    _, candidate = _plan(tmp_path / "c", "headline-candidate")
+    default = make_project(tmp_path / "d", (REPO / "params.yaml").read_text())
+    candidate = plan_study(load_study(default), default)
     arms = Counter(arm for run in plan.train for arm in run.point.arms)
     assert (arms["main"], arms["heads"], arms["nope"], arms["adamw_2x"]) == (24, 18, 18, 9)
     assert {run.point.seed for run in plan.train} == {0, 1, 2}
-    # the main sweep is the same runs (same keys): cached when the candidate ran
+    # the main sweep is the same runs (same keys): cached when the default ran
     main = {run.key for run in plan.train if "main" in run.point.arms}
     assert main == {run.key for run in candidate.train if "main" in run.point.arms}
