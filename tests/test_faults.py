@@ -86,12 +86,18 @@ def _stage_processes(group: int, stage: str) -> list[int]:
     return pids
 
 
+def _files_under(root: Path) -> list[Path]:
+    """Every file below `root`, read while the stage may be creating and removing folders there (os.walk skips a
+    folder that vanished between listing and reading; Path.rglob raises)."""
+    return [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
+
+
 def _partial_files(project: Path, stage: str) -> list[Path]:
     """Files of the stage's unfinished work: runs/.work/<stage>/<key>/* without the spec.json `begin` writes first,
     and the spectra stage's activation slices in runs/.scratch/."""
-    work = [p for p in (project / "runs" / ".work" / stage).rglob("*") if p.is_file() and p.name != "spec.json"]
-    scratch = list((project / "runs" / ".scratch").rglob("*")) if stage == "spectra" else []
-    return work + [p for p in scratch if p.is_file()]
+    work = [p for p in _files_under(project / "runs" / ".work" / stage) if p.name != "spec.json"]
+    scratch = _files_under(project / "runs" / ".scratch") if stage == "spectra" else []
+    return work + scratch
 
 
 class Repro:
@@ -359,6 +365,11 @@ def tiny_disk(tmp_path: Path):
         disk.close()
 
 
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 # what each stage writes that can fill a disk: checkpoints, a zarr store, a spectrum, a results file
 # (No activations or fit cell: each writes a few kB here (a manifest; CSVs), so a disk sized to fill inside them
 # filled in the next stage instead, spectra and report: those cells tested another stage under a false name.)
@@ -370,14 +381,19 @@ def test_disk_full_while_writing(stage: str, reference: dict, matrix, tiny_disk)
     index = STAGES.index(stage)
     before_size = reference["sizes"][stage]
     after_size = reference["sizes"][STAGES[index + 1]] if index + 1 < len(STAGES) else reference["final_size"]
-    # room for everything before the stage and about half of what the stage adds (plus tmpfs block rounding)
+    # room for everything before the stage and about half of what the stage adds: the snapshot is copied onto a
+    # disk with spare room, then a filler file takes all but half the stage's bytes of what is free (tmpfs charges
+    # no page for a directory, so a size computed from the snapshot's pages left the report room to finish)
     cell = (stage, f"disk full ({DISK_FULL[stage]})")
-    disk = tiny_disk("disk", before_size + max((after_size - before_size) // 2, 64 * 1024), cell)
+    added = max(after_size - before_size, 128 * 1024)
+    disk = tiny_disk("disk", before_size + 2 * added + (4 << 20), cell)
     project = disk.path / "p"
-    try:
-        shutil.copytree(reference["snapshots"][stage], project, symlinks=True)
-    except OSError:
-        _skip(cell, "the snapshot does not fit the small disk (block overhead)")
+    shutil.copytree(reference["snapshots"][stage], project, symlinks=True)
+    filler = disk.path / "filler"
+    free = _free_bytes(disk.path)
+    with open(filler, "wb") as fh:
+        fh.truncate(0)
+        fh.write(b"\0" * max(free - added // 2, 0))
     first = _repro(project, check=False)
     assert first.returncode != 0, f"{stage} should have run out of space:\n{first.stdout[-2000:]}"
     text = first.stdout + first.stderr
@@ -385,6 +401,7 @@ def test_disk_full_while_writing(stage: str, reference: dict, matrix, tiny_disk)
     assert f"failed to reproduce '{stage}'" in text, f"the disk filled outside {stage}:\n{text[-3000:]}"
     LANDED[cell] = [next(line.strip() for line in text.splitlines() if "No space left" in line or "ENOSPC" in line)]
     before = _finished_runs(project)
+    filler.unlink()
     disk.grow(2 * reference["final_size"] + (512 << 20))
     out = _repro(project, check=False)
     assert out.returncode == 0, out.stdout[-3000:]
