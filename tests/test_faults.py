@@ -391,9 +391,7 @@ def test_disk_full_while_writing(stage: str, reference: dict, matrix, tiny_disk)
     shutil.copytree(reference["snapshots"][stage], project, symlinks=True)
     filler = disk.path / "filler"
     free = _free_bytes(disk.path)
-    with open(filler, "wb") as fh:
-        fh.truncate(0)
-        fh.write(b"\0" * max(free - added // 2, 0))
+    filler.write_bytes(b"\0" * max(free - added // 2, 0))
     first = _repro(project, check=False)
     assert first.returncode != 0, f"{stage} should have run out of space:\n{first.stdout[-2000:]}"
     text = first.stdout + first.stderr

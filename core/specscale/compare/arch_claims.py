@@ -36,9 +36,8 @@ def _candidates(table: pd.DataFrame, reference: str) -> pd.DataFrame:
     for (ablation, optimizer, bucket, metric, widths), part in counted.groupby(
             ["ablation", "optimizer", "bucket", "metric", "widths"], sort=True):
         what = f"{bucket} β_{display_name(metric)} post, trained"
-        shift = _seeds(part.assign(s=part["beta_ablated"] - part["beta_base"]), "s")
         margin = _seeds(part.assign(m=part["optimizer_gain"] - (part["beta_ablated"] - part["beta_base"]).abs()), "m")
-        zeros = {s: 0.0 for s in shift}
+        zeros = dict.fromkeys(margin, 0.0)  # the gain and the margin are tested against 0, paired seed by seed
         rows += [
             {"claim": f"{ablation} − base, {optimizer}: {what}", "family": SHIFT,
              "a": _seeds(part, "beta_ablated"), "b": _seeds(part, "beta_base"), "widths": widths},

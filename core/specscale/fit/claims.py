@@ -29,6 +29,7 @@ from specscale.fit.contrasts import CONTRAST, bucket_contrast_betas, bucket_rati
 from specscale.stats.multiplicity import ALPHA, bonferroni_level, holm_levels
 from specscale.fit.seed_stats import optimizer_gaps, seed_values
 from specscale.measure.registry import display_name
+from specscale.stats.families import holm_method
 from specscale.stats.intervals import TESTS, gap_interval, verdict
 from specscale.study.spec import FINAL_STEP, PrimarySpec, split_comparison
 
@@ -121,7 +122,7 @@ def judge(rows: pd.DataFrame, how: str) -> pd.DataFrame:
         else:
             g = gap_interval(seed_values(r["seed_betas"]), seed_values(r["seed_betas_ref"]), r["interval"], level)
             lo, hi = g.low, g.high
-            method = (f"{test}, 95%; Holm over the family's {m} tests: this one at {_pct(level)}" if how == "holm"
+            method = (holm_method(test, m, level) if how == "holm"
                       else f"{test}, 95%; simultaneous 95% band over the curve's {m} kept steps (Bonferroni: each "
                            f"at {_pct(level)})")
         out.append({"lo_adj": lo, "hi_adj": hi, "method": method, "verdict": verdict(lo, hi)})

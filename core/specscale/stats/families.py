@@ -16,6 +16,11 @@ from specscale.stats.multiplicity import holm_levels
 CANDIDATE_COLUMNS = ["claim", "family", "a", "b", "widths"]  # a, b: seed → value; the claim is a − b
 
 
+def holm_method(test: str, m: int, level: float) -> str:
+    """The `method` text of a claim judged by Holm in its family: the test, and the level it was made at."""
+    return f"{test}, 95%; Holm over the family's {m} tests: this one at {100 * level:.4g}%"
+
+
 def judge_paired(cand: pd.DataFrame) -> pd.DataFrame:
     """Candidates (CANDIDATE_COLUMNS, one row per claim) → CLAIM_COLUMNS: estimate and 95% interval over the seeds
     both sides have, Holm-adjusted interval within the family, verdict; fewer than 2 such seeds: not tested."""
@@ -32,7 +37,7 @@ def judge_paired(cand: pd.DataFrame) -> pd.DataFrame:
             if math.isfinite(level):
                 g = gap_interval(r.a, r.b, "paired", level)
                 lo, hi = g.low, g.high
-                method = f"{TESTS['paired']}, 95%; Holm over the family's {m} tests: this one at {100 * level:.4g}%"
+                method = holm_method(TESTS["paired"], m, level)
             else:
                 lo = hi = math.nan
                 method = f"{TESTS['paired']}: no interval (fewer than 2 seeds with both sides)"
